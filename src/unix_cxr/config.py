@@ -1,0 +1,327 @@
+"""Typed configuration of UniX: decoder, vision tower, VAE, special tokens, sampling and decoding.
+
+Our own format is the nested dict of these dataclasses (YAML or JSON); unknown keys are an error.
+The authors' formats are read as well:
+  * the UniX inference `config.json` (`llm_config`, `vit_config`, `vae_config`, ...), as in ../shared/parity;
+  * the Janus-style release `config.json` (`language_config`, `vision_config`, `aligner_config`);
+  * the latent-diffusion VAE `config.yaml` that sits next to the VAE checkpoint.
+Presets: `unix-full` (the released UniX, spec section 1) and `tiny` (a few thousand parameters, for tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpecialTokens:
+    """Numeric ids of the four structural tokens (spec 2.1); declared here once."""
+
+    bos: int = 100000  # text segment start; also the decoding start token
+    eos: int = 100001  # text segment end; decoding stop
+    start_of_image: int = 100003  # BOI marker around every image block
+    end_of_image: int = 100580  # EOI marker
+
+
+@dataclass
+class DecoderConfig:
+    """Qwen2-style mixture-of-transformers decoder (two experts per layer, one attention)."""
+
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_layers: int = 24
+    num_heads: int = 16
+    num_kv_heads: int = 16
+    vocab_size: int = 102400
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    qk_norm: bool = True
+    qkv_bias: bool = True
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 16384  # longest packed sequence / context we accept
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"decoder hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"decoder num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"decoder head_dim {self.head_dim} must be even for RoPE")
+
+
+@dataclass
+class VisionConfig:
+    """SigLIP ViT as Janus uses it (no class token, learned positions, final LayerNorm) + MLP connector."""
+
+    image_size: int = 384
+    patch_size: int = 16
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu"  # exact erf GELU in the tower (Janus timm ViT)
+    connector_act: str = "gelu_pytorch_tanh"  # released inference; the trained Janus aligner used exact "gelu"
+    pixel_mean: float = 0.555895  # CXR statistics, same for all three channels
+    pixel_std: float = 0.336385
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def validate(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"vision image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.connector_act not in ("gelu", "gelu_pytorch_tanh"):
+            raise ValueError(f"connector_act must be 'gelu' or 'gelu_pytorch_tanh', got {self.connector_act!r}")
+
+
+@dataclass
+class VAEConfig:
+    """CompVis latent-diffusion AutoencoderKL (kl-f16) and UniX's latent normalisation."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    resolution: int = 256
+    z_channels: int = 16
+    embed_dim: int = 16
+    in_channels: int = 3
+    out_channels: int = 3
+    scale_factor: float = 0.238092
+    shift_factor: float = -0.201906
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def validate(self) -> None:
+        if self.ch % 32 or any((self.ch * m) % 32 for m in self.ch_mult):
+            raise ValueError("vae channel widths must be multiples of 32 (GroupNorm with 32 groups)")
+
+
+@dataclass
+class SamplingConfig:
+    """Flow-matching Euler sampler with timestep shift and text CFG (spec 4.2; released defaults)."""
+
+    num_timesteps: int = 50  # points of the time grid; the authors take num_timesteps - 1 Euler steps
+    timestep_shift: float = 3.0
+    cfg_text_scale: float = 2.0
+    cfg_interval: tuple[float, float] = (0.4, 1.0)  # CFG applies when lo < t <= hi
+    cfg_renorm_type: str = "global"  # "global", "channel", "text_channel" or "none"
+    cfg_renorm_min: float = 0.0
+    image_size: int = 512
+
+    def validate(self) -> None:
+        if self.num_timesteps < 2:
+            raise ValueError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
+        if self.cfg_renorm_type not in ("global", "channel", "text_channel", "none"):
+            raise ValueError(f"unknown cfg_renorm_type {self.cfg_renorm_type!r}")
+
+
+@dataclass
+class DecodingConfig:
+    """Report decoding (spec 4.1): greedy by default, at most `max_new_tokens`, stop at eos."""
+
+    max_new_tokens: int = 499
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # The released inference tokenises the prompt with add_special_tokens=True inside bos ... eos, giving two
+    # BOS tokens (spec 11.2). Keep it for parity with the released weights; training uses a single BOS.
+    double_bos: bool = True
+
+
+@dataclass
+class UniXConfig:
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    tokens: SpecialTokens = field(default_factory=SpecialTokens)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    max_latent_size: int = 32  # side of the latent position table -> largest image = 32 * 16 px
+    vit_max_num_patch_per_side: int = 24  # side of the (unused, but saved) vit_pos_embed table
+    train_timestep_shift: float = 1.0  # shift applied to training timesteps (released training: 1.0)
+
+    def validate(self) -> "UniXConfig":
+        for part in (self.decoder, self.vision, self.vae, self.sampling):
+            part.validate()
+        ids = dataclasses.astuple(self.tokens)
+        if len(set(ids)) != 4 or max(ids) >= self.decoder.vocab_size or min(ids) < 0:
+            raise ValueError(f"special token ids {ids} must be distinct and inside the vocabulary")
+        return self
+
+    # ---- our own format -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UniXConfig":
+        return _build(cls, data, "config").validate()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "UniXConfig":
+        """Read our YAML/JSON format, or the authors' config.json (detected by its keys)."""
+        path = Path(path)
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+        if "llm_config" in data or "language_config" in data:
+            return from_authors_config(data)
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _build(cls, data: Any, where: str):
+    """Strictly build dataclass `cls` from a mapping: unknown keys raise ValueError naming them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown config keys {unknown} (known: {sorted(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+# ---- presets -------------------------------------------------------------------------------------------
+def unix_full() -> UniXConfig:
+    """The released UniX (spec section 1): every default above."""
+    return UniXConfig().validate()
+
+
+def tiny() -> UniXConfig:
+    """A few-hundred-kilo-parameter model that keeps every code path (GQA included), for tests."""
+    return UniXConfig(
+        decoder=DecoderConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                              vocab_size=324),
+        vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=2),
+        vae=VAEConfig(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(16,), resolution=256),
+        tokens=SpecialTokens(bos=300, eos=301, start_of_image=302, end_of_image=303),
+        sampling=SamplingConfig(num_timesteps=5, image_size=64),
+        decoding=DecodingConfig(max_new_tokens=8),
+        max_latent_size=8,
+        vit_max_num_patch_per_side=4,
+    ).validate()
+
+
+PRESETS = {"unix-full": unix_full, "tiny": tiny}
+
+
+def preset(name: str) -> UniXConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ---- the authors' formats ------------------------------------------------------------------------------
+_JANUS_VISION = {"siglip_large_patch16_384": VisionConfig()}
+
+
+def from_authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None,
+                        tokens: SpecialTokens | None = None) -> UniXConfig:
+    """Translate the authors' UniX inference config.json (or the Janus-style release config) into ours.
+
+    The authors' files do not carry the special token ids (their code hard-codes them): pass `tokens` for a
+    model with another vocabulary.
+    """
+    cfg = UniXConfig(tokens=tokens or SpecialTokens())
+    if "llm_config" in data:
+        llm = data["llm_config"]
+        cfg.decoder = DecoderConfig(
+            hidden_size=llm["hidden_size"],
+            intermediate_size=llm["intermediate_size"],
+            num_layers=llm["num_hidden_layers"],
+            num_heads=llm["num_attention_heads"],
+            num_kv_heads=llm.get("num_key_value_heads", llm["num_attention_heads"]),
+            vocab_size=llm["vocab_size"],
+            rope_theta=llm.get("rope_theta", 10000.0),
+            rms_norm_eps=llm.get("rms_norm_eps", 1e-6),
+            qk_norm=llm.get("qk_norm", True),
+            tie_word_embeddings=llm.get("tie_word_embeddings", False),
+            max_position_embeddings=llm.get("max_position_embeddings", 16384),
+        )
+        vit = data.get("vit_config", {})
+        cfg.vision = VisionConfig(
+            image_size=vit.get("image_size", 384),
+            patch_size=vit.get("patch_size", 16),
+            hidden_size=vit.get("hidden_size", 1024),
+            intermediate_size=vit.get("intermediate_size", 4096),
+            num_layers=vit.get("num_hidden_layers", 24),
+            num_heads=vit.get("num_attention_heads", 16),
+            connector_act=data.get("connector_act", "gelu_pytorch_tanh"),
+        )
+        cfg.max_latent_size = data.get("max_latent_size", 32)
+        cfg.vit_max_num_patch_per_side = data.get("vit_max_num_patch_per_side", 24)
+        cfg.train_timestep_shift = data.get("timestep_shift", 1.0)
+        if data.get("latent_patch_size", 1) != 1:
+            raise ValueError("only latent_patch_size 1 (the released UniX) is supported")
+        gen = data.get("inference_config", {}).get("generation")
+        if gen:
+            cfg.sampling = SamplingConfig(
+                num_timesteps=gen.get("num_timesteps", 50),
+                cfg_text_scale=gen.get("cfg_text_scale", 2.0),
+                cfg_interval=tuple(gen.get("cfg_interval", (0.4, 1.0))),
+            )
+    else:  # Janus-style release config
+        lang = data["language_config"]
+        cfg.decoder = DecoderConfig(
+            hidden_size=lang.get("hidden_size", 2048),
+            intermediate_size=lang.get("intermediate_size", 5632),
+            num_layers=lang.get("num_hidden_layers", 24),
+            num_heads=lang.get("num_attention_heads", 16),
+            num_kv_heads=lang.get("num_key_value_heads", lang.get("num_attention_heads", 16)),
+            vocab_size=lang.get("vocab_size", 102400),
+        )
+        name = data.get("vision_config", {}).get("params", {}).get("model_name", "siglip_large_patch16_384")
+        if name not in _JANUS_VISION:
+            raise ValueError(f"unknown Janus vision tower {name!r}; known: {sorted(_JANUS_VISION)}")
+        cfg.vision = _JANUS_VISION[name]
+    if vae_yaml is not None:
+        cfg.vae = vae_config_from_ldm_yaml(vae_yaml)
+    return cfg.validate()
+
+
+def vae_config_from_ldm_yaml(path: str | Path) -> VAEConfig:
+    """Read the latent-diffusion `config.yaml` (model.params.ddconfig) that ships next to the VAE checkpoint."""
+    data = yaml.safe_load(Path(path).read_text())
+    try:
+        params = data["model"]["params"]
+        dd = params["ddconfig"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a latent-diffusion config (missing model.params.ddconfig)") from err
+    if not dd.get("double_z", True):
+        raise ValueError(f"{path}: only double_z (KL) autoencoders are supported")
+    return VAEConfig(
+        ch=dd["ch"], ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
+        attn_resolutions=tuple(dd.get("attn_resolutions", ())), resolution=dd["resolution"],
+        z_channels=dd["z_channels"], embed_dim=params.get("embed_dim", dd["z_channels"]),
+        in_channels=dd.get("in_channels", 3), out_channels=dd.get("out_ch", 3),
+    )

@@ -1,0 +1,1 @@
+"""UniX model modules: vision tower + connector, decoder, VAE and their building blocks."""

@@ -1,0 +1,100 @@
+"""The one attention operation of the MoT decoder, behind three interchangeable backends.
+
+  sdpa   torch.nn.functional.scaled_dot_product_attention with a boolean mask (default; runs everywhere);
+         packed training sequences are attended sample by sample, so memory is O(sum of L_s^2);
+  flex   torch flex_attention with a block mask derived from the same mask rule (one call per sequence);
+  flash  flash_attn_varlen_func (optional accelerator, CUDA + the flash-attn package; inference masks only).
+
+Shapes: q (B, H, Lq, d), k / v (B, Hkv, Lk, d) with H a multiple of Hkv (grouped-query attention);
+the result is (B, Lq, H*d). Softmax scale 1/sqrt(d).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from .masks import PackedLayout
+
+BACKENDS = ("sdpa", "flex", "flash")
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
+    if name == "flash" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError("attention backend 'flash' needs the flash-attn package (pip install 'unix-cxr[flash]')")
+    if name == "flex" and not hasattr(torch.nn.attention, "flex_attention"):
+        raise ValueError(f"attention backend 'flex' needs torch >= 2.5 (found {torch.__version__})")
+    return name
+
+
+def _merge_heads(out: torch.Tensor) -> torch.Tensor:
+    b, h, lq, d = out.shape
+    return out.transpose(1, 2).reshape(b, lq, h * d)
+
+
+def _sdpa(q, k, v, mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _flex(q, k, v, mask_mod, q_len: int, kv_len: int, batch: int | None):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block_mask = create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=q.device)
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _flash_rows(q, k, v, mask, causal: bool):
+    """Unpad each row's visible keys (read off the mask's last query row) and call flash-attn varlen."""
+    from flash_attn import flash_attn_varlen_func
+
+    b, h, lq, d = q.shape
+    valid = mask[:, 0, -1, :]  # (B, Lk): the last query row sees every valid key in both modes
+    k_rows = k.transpose(1, 2)[valid]  # (sum Lk_b, Hkv, d)
+    v_rows = v.transpose(1, 2)[valid]
+    lens_k = valid.sum(-1, dtype=torch.int32)
+    cu_k = F.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_q = torch.arange(0, (b + 1) * lq, lq, dtype=torch.int32, device=q.device)
+    out = flash_attn_varlen_func(q.transpose(1, 2).reshape(b * lq, h, d), k_rows, v_rows, cu_q, cu_k, lq,
+                                 int(lens_k.max()), causal=causal)
+    return out.reshape(b, lq, h * d)
+
+
+def cached_attention(q, k, v, mask: torch.Tensor, causal: bool, backend: str) -> torch.Tensor:
+    """Attention for inference blocks: `mask` (B, 1, Lq, Lk) from masks.cache_attention_mask."""
+    if backend == "flash":
+        return _flash_rows(q, k, v, mask, causal)
+    if backend == "flex":
+        dense = mask[:, 0]
+        out = _flex(q, k, v, lambda b, h, qi, ki: dense[b, qi, ki], q.shape[2], k.shape[2], q.shape[0])
+        return _merge_heads(out)
+    return _merge_heads(_sdpa(q, k, v, mask))
+
+
+def packed_attention(q, k, v, layout: PackedLayout, backend: str) -> torch.Tensor:
+    """Attention over one packed training sequence (B = 1) with the split semantics of masks.PackedLayout."""
+    if backend == "flash":
+        raise ValueError("the flash backend covers inference only; packed training masks need 'sdpa' or 'flex'")
+    if backend == "flex":
+        layout = _on_device(layout, q.device)
+        out = _flex(q, k, v, lambda b, h, qi, ki: layout.allowed(qi, ki), q.shape[2], k.shape[2], None)
+        return _merge_heads(out)
+    outs = []
+    for start, end in layout.sample_bounds():
+        idx = torch.arange(start, end)
+        mask = layout.allowed(idx[:, None], idx[None, :]).to(q.device)
+        outs.append(_sdpa(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], mask))
+    return _merge_heads(torch.cat(outs, dim=2))
+
+
+@functools.lru_cache(maxsize=8)
+def _layout_on(layout: PackedLayout, device: torch.device) -> PackedLayout:
+    return PackedLayout(layout.sample_id.to(device), layout.split_id.to(device), layout.mode.to(device))
+
+
+def _on_device(layout: PackedLayout, device: torch.device) -> PackedLayout:
+    return layout if layout.sample_id.device == device else _layout_on(layout, device)

@@ -1,0 +1,244 @@
+"""Qwen2-style mixture-of-transformers decoder of UniX (spec 1.2).
+
+Notable features, relative to a plain Qwen2 decoder:
+  * every layer holds two experts, `und` (text, image markers, SigLIP tokens) and `gen` (VAE latent tokens):
+    two instances of one `Expert` class with norms, q/k/v (bias) / o projections, per-head q/k RMSNorm, SwiGLU;
+  * all tokens share ONE attention over the sequence: each expert projects its own rows, the rows are
+    attended jointly, and each expert finishes its own rows (o_proj, MLP);
+  * the final norm is per expert too; the output heads (lm_head, llm2vae) live outside the decoder.
+Routing is a boolean `gen_mask` (B, L): True rows use the gen expert. Tensors are named with shape suffixes
+where it helps: B batch, L sequence, D hidden, H heads, K kv heads, d head_dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DecoderConfig
+from .attention import cached_attention, check_backend, packed_attention
+from .masks import PackedLayout, cache_attention_mask
+from .rope import apply_rope, rope_cos_sin
+
+
+class RMSNorm(nn.Module):
+    """Qwen2 RMSNorm: normalise in float32, cast back, then multiply by the weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Expert(nn.Module):
+    """One expert's weights of one layer. `qkv` and `finish` bracket the shared attention."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        d, kv = cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * d, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
+        self.o_proj = nn.Linear(cfg.num_heads * d, cfg.hidden_size, bias=False)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.head_dim = d
+
+    def qkv(self, x_TD: torch.Tensor) -> torch.Tensor:
+        """Rows (T, D) -> concatenated [q | k | v] (T, (H + 2K) d), q and k RMS-normalised per head."""
+        h = self.input_layernorm(x_TD)
+        t, d = x_TD.shape[0], self.head_dim
+        q = self.q_norm(self.q_proj(h).view(t, -1, d)).view(t, -1)
+        k = self.k_norm(self.k_proj(h).view(t, -1, d)).view(t, -1)
+        return torch.cat([q, k, self.v_proj(h)], dim=-1)
+
+    def finish(self, attn_TD: torch.Tensor, x_TD: torch.Tensor) -> torch.Tensor:
+        """Residual updates after attention: x + o(attn), then + MLP(norm(.))."""
+        x_TD = x_TD + self.o_proj(attn_TD)
+        return x_TD + self.mlp(self.post_attention_layernorm(x_TD))
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which flattened rows go to which expert: all of them to one (`only`), or split by index."""
+
+    only: str | None  # "und", "gen" or None (mixed)
+    und_idx: torch.Tensor | None = None
+    gen_idx: torch.Tensor | None = None
+
+    @classmethod
+    def from_mask(cls, gen_mask: torch.Tensor | None) -> "Route":
+        if gen_mask is None or not bool(gen_mask.any()):
+            return cls("und")
+        flat = gen_mask.reshape(-1)
+        if bool(flat.all()):
+            return cls("gen")
+        return cls(None, torch.nonzero(~flat).squeeze(1), torch.nonzero(flat).squeeze(1))
+
+    def map(self, und: Callable, gen: Callable, *xs_TD: torch.Tensor) -> torch.Tensor:
+        """Apply `und` to the und rows and `gen` to the gen rows of every (T, .) input; rows keep their order."""
+        if self.only is not None:
+            return (und if self.only == "und" else gen)(*xs_TD)
+        y_und = und(*(x[self.und_idx] for x in xs_TD))
+        y_gen = gen(*(x[self.gen_idx] for x in xs_TD))
+        out = y_und.new_empty(xs_TD[0].shape[0], y_und.shape[-1])
+        return out.index_copy(0, self.und_idx, y_und).index_copy(0, self.gen_idx, y_gen)
+
+
+class KVCache:
+    """Preallocated per-layer keys/values (B, K, capacity, d) with per-row valid lengths `lens` (B,)."""
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (num_layers, batch, kv_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lens = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def write(self, layer: int, k_BKLd: torch.Tensor, v_BKLd: torch.Tensor) -> int:
+        """Write a block after each row's valid prefix; return the number of key columns now in use."""
+        b, _, length, _ = k_BKLd.shape
+        end = int(self.lens.max()) + length
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.capacity}")
+        if bool((self.lens == self.lens[0]).all()):
+            start = int(self.lens[0])
+            self.k[layer, :, :, start:start + length] = k_BKLd
+            self.v[layer, :, :, start:start + length] = v_BKLd
+        else:
+            pos = (self.lens[:, None] + torch.arange(length, device=self.lens.device))[:, None, :]  # (B, 1, L)
+            rows = torch.arange(b, device=pos.device)[:, None, None]
+            heads = torch.arange(k_BKLd.shape[1], device=pos.device)[None, :, None]
+            self.k[layer][rows, heads, pos] = k_BKLd
+            self.v[layer][rows, heads, pos] = v_BKLd
+        return end
+
+    def view(self, layer: int, used: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer, :, :, :used], self.v[layer, :, :, :used]
+
+    def with_empty_rows(self, extra: int) -> "KVCache":
+        """A copy followed by `extra` rows holding no context (length 0), e.g. the unconditional CFG branch."""
+        out = KVCache.__new__(KVCache)
+        shape = (self.k.shape[0], extra, *self.k.shape[2:])
+        out.k = torch.cat([self.k, self.k.new_zeros(shape)], dim=1)
+        out.v = torch.cat([self.v, self.v.new_zeros(shape)], dim=1)
+        out.lens = torch.cat([self.lens, self.lens.new_zeros(extra)])
+        return out
+
+
+@dataclass(frozen=True)
+class CacheAttention:
+    """How a query block meets the cache: written into it (prefill / decoding) or only read (denoising)."""
+
+    cache: KVCache
+    causal: bool
+    write: bool
+
+
+class MoTLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, with_generation: bool = True):
+        super().__init__()
+        self.und = Expert(cfg)
+        self.gen = Expert(cfg) if with_generation else None
+        self.cfg = cfg
+
+    def forward(self, x_BLD, cos, sin, route: Route, layer_idx: int, attn_spec, backend: str):
+        b, length, dim = x_BLD.shape
+        h, kv, d = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
+        x_TD = x_BLD.reshape(b * length, dim)
+        gen = self.gen or self.und  # report-only layers never see gen rows (checked by MoTDecoder)
+        qkv = route.map(self.und.qkv, gen.qkv, x_TD).view(b, length, -1)
+        q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
+        q = apply_rope(q.view(b, length, h, d).transpose(1, 2), cos, sin)
+        k = apply_rope(k.view(b, length, kv, d).transpose(1, 2), cos, sin)
+        v = v.view(b, length, kv, d).transpose(1, 2)
+        attn_BLD = self._attend(q, k, v, layer_idx, attn_spec, backend)
+        out = route.map(self.und.finish, gen.finish, attn_BLD.reshape(b * length, -1), x_TD)
+        return out.view(b, length, dim)
+
+    @staticmethod
+    def _attend(q, k, v, layer_idx: int, spec, backend: str):
+        if isinstance(spec, PackedLayout):
+            return packed_attention(q, k, v, spec, backend)
+        cache: KVCache = spec.cache
+        lq = q.shape[2]
+        if spec.write:
+            used = cache.write(layer_idx, k, v)
+            k_all, v_all = cache.view(layer_idx, used)
+        else:
+            k_c, v_c = cache.view(layer_idx, int(cache.lens.max()))
+            k_all, v_all = torch.cat([k_c, k], dim=2), torch.cat([v_c, v], dim=2)
+        mask = cache_attention_mask(cache.lens, lq, spec.causal, k_all.shape[2], appended=spec.write)
+        return cached_attention(q, k_all, v_all, mask, spec.causal, backend)
+
+
+class MoTDecoder(nn.Module):
+    """Token embedding, MoT layers and the two final norms. Input: embeddings; output: normed hidden states."""
+
+    def __init__(self, cfg: DecoderConfig, with_generation: bool = True):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.with_generation = with_generation
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(MoTLayer(cfg, with_generation) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if with_generation else None
+        self.attention_backend = "sdpa"
+
+    def set_attention_backend(self, name: str) -> None:
+        self.attention_backend = check_backend(name)
+
+    def new_cache(self, batch: int, capacity: int, dtype: torch.dtype | None = None) -> KVCache:
+        w = self.embed_tokens.weight
+        return KVCache(self.cfg.num_layers, batch, self.cfg.num_kv_heads, capacity, self.cfg.head_dim,
+                       dtype or w.dtype, w.device)
+
+    def forward(self, x_BLD: torch.Tensor, position_ids: torch.Tensor, gen_mask: torch.Tensor | None,
+                attention: PackedLayout | CacheAttention, hidden_states: list | None = None) -> torch.Tensor:
+        """Run every layer and the per-expert final norm.
+
+        attention: a PackedLayout (training, B = 1) or a CacheAttention (inference); a written cache's `lens`
+        advance by L (for ragged blocks, the caller sets `lens` afterwards). hidden_states, if a list, receives
+        the residual stream after each layer (for REPA and debugging).
+        """
+        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x_BLD.dtype)
+        route = Route.from_mask(gen_mask)
+        if route.only != "und" and not self.with_generation:
+            raise ValueError("generation tokens given to a report-only decoder (built with_generation=False)")
+        for i, layer in enumerate(self.layers):
+            x_BLD = layer(x_BLD, cos, sin, route, i, attention, self.attention_backend)
+            if hidden_states is not None:
+                hidden_states.append(x_BLD)
+        if isinstance(attention, CacheAttention) and attention.write:
+            attention.cache.lens += x_BLD.shape[1]
+        b, length, dim = x_BLD.shape
+        norm_gen = self.norm_gen or self.norm
+        return route.map(self.norm, norm_gen, x_BLD.reshape(b * length, dim)).view(b, length, dim)

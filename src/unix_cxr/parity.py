@@ -1,0 +1,290 @@
+"""`unix-cxr parity DIR`: run every golden case of a directory in the ../shared/parity format through our public API.
+
+The directory holds the authors' `config.json`, `harness.json` (special tokens, sampling settings, image
+sizes), `model.safetensors` (authors' key layout), the VAE (`vae.safetensors` or `vae/*.safetensors` with
+`vae/config.yaml`) and `caseN_<kind>.safetensors` + `.json`. Everything (sizes, layer and head counts, step
+counts) is read from those files. Each case compares every `output/*` tensor it knows and reports the worst.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint.io import load_authors_weights, read_safetensors
+from .config import SamplingConfig, SpecialTokens, UniXConfig, from_authors_config
+from .engines.image import ImageGenerator, SamplingTrace, cfg_combine, latents_to_nchw
+from .engines.packing import Latent, Text, VitImage, pack
+from .engines.report import ReportGenerator
+from .engines.training import shift_timesteps, training_forward
+from .model.unix import UniX
+from .model.vae import LatentVAE, load_vae, to_01
+from .model.vision import normalize_pixels
+
+log = logging.getLogger(__name__)
+
+TOLERANCES = {"default": (1e-5, 1e-4), "image": (1e-4, 0.0), "exact": (0.0, 0.0), "uint8": (1.0, 0.0)}
+
+
+@dataclass
+class CaseResult:
+    name: str
+    max_abs: float
+    max_rel: float
+    passed: bool
+    worst: str  # tensor with the largest error relative to its tolerance
+    note: str = ""
+
+    def line(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        extra = f"  ({self.note})" if self.note else ""
+        return (f"{self.name:<22} max_abs={self.max_abs:.3e}  max_rel={self.max_rel:.3e}  {status}"
+                f"  worst={self.worst}{extra}")
+
+
+class Comparison:
+    """Accumulates tensor comparisons of one case."""
+
+    def __init__(self, name: str):
+        self.name, self.max_abs, self.max_rel, self.passed, self.worst, self.score = name, 0.0, 0.0, True, "-", -1.0
+
+    def check(self, label: str, ours: torch.Tensor, golden: torch.Tensor, kind: str = "default") -> None:
+        ours, golden = torch.as_tensor(ours).detach().double().cpu(), golden.double()
+        if ours.shape != golden.shape:
+            ours = ours.reshape(golden.shape) if ours.numel() == golden.numel() else ours
+        if ours.shape != golden.shape:
+            self.passed, self.worst = False, f"{label} shape {tuple(ours.shape)} != {tuple(golden.shape)}"
+            return
+        atol, rtol = TOLERANCES[kind]
+        diff = (ours - golden).abs()
+        max_abs = float(diff.max()) if diff.numel() else 0.0
+        max_rel = float((diff / golden.abs().clamp_min(1e-12)).max()) if diff.numel() else 0.0
+        score = float((diff / (atol + rtol * golden.abs()).clamp_min(1e-30)).max()) if diff.numel() else 0.0
+        self.max_abs, self.max_rel = max(self.max_abs, max_abs), max(self.max_rel, max_rel)
+        if score > self.score:
+            self.score, self.worst = score, label
+        if score > 1.0:
+            self.passed = False
+
+    def result(self, note: str = "") -> CaseResult:
+        return CaseResult(self.name, self.max_abs, self.max_rel, self.passed, self.worst, note)
+
+
+@dataclass
+class GoldenDir:
+    root: Path
+    cfg: UniXConfig
+    harness: dict
+
+    @classmethod
+    def open(cls, root: str | Path) -> "GoldenDir":
+        root = Path(root)
+        if not (root / "config.json").is_file() or not (root / "harness.json").is_file():
+            raise ValueError(f"{root}: not a golden directory (config.json and harness.json are required)")
+        harness = json.loads((root / "harness.json").read_text())
+        vae_yaml = root / "vae" / "config.yaml"
+        ids = harness.get("special_token_ids", {})
+        default = SpecialTokens()
+        tokens = SpecialTokens(bos=ids.get("bos_token_id", default.bos), eos=ids.get("eos_token_id", default.eos),
+                               start_of_image=ids.get("start_of_image", default.start_of_image),
+                               end_of_image=ids.get("end_of_image", default.end_of_image))
+        cfg = from_authors_config(json.loads((root / "config.json").read_text()),
+                                  vae_yaml if vae_yaml.is_file() else None, tokens)
+        s = harness.get("settings", {})
+        if s:
+            cfg.sampling = SamplingConfig(
+                num_timesteps=s.get("num_timesteps", cfg.sampling.num_timesteps),
+                timestep_shift=s.get("infer_timestep_shift", cfg.sampling.timestep_shift),
+                cfg_text_scale=s.get("cfg_text_scale", cfg.sampling.cfg_text_scale),
+                cfg_interval=tuple(s.get("cfg_interval", cfg.sampling.cfg_interval)),
+                cfg_renorm_type=s.get("cfg_renorm_type", cfg.sampling.cfg_renorm_type),
+                cfg_renorm_min=s.get("cfg_renorm_min", cfg.sampling.cfg_renorm_min),
+                image_size=s.get("gen_image", [cfg.sampling.image_size])[0],
+            )
+        cfg.decoding.double_bos = False  # the goldens' stand-in tokenizer adds no BOS of its own
+        return cls(root, cfg.validate(), harness)
+
+    def cases(self) -> list[Path]:
+        return sorted(self.root.glob("case*_*.safetensors"))
+
+    def vae_path(self) -> Path:
+        single = self.root / "vae.safetensors"
+        return single if single.is_file() else self.root / "vae"
+
+    def gen_hw(self) -> tuple[int, int]:
+        hw = self.harness.get("settings", {}).get("gen_image", [self.cfg.sampling.image_size] * 2)
+        return int(hw[0]), int(hw[1])
+
+
+def build_model(golden: GoldenDir, dtype: torch.dtype = torch.float32) -> UniX:
+    model = UniX(golden.cfg).eval()
+    load_authors_weights(model, golden.root / "model.safetensors")
+    return model.to(dtype)
+
+
+# ---- cases ---------------------------------------------------------------------------------------------
+def case_vae(g: GoldenDir, t: dict, meta: dict, vae: LatentVAE, cmp: Comparison) -> None:
+    images = t["input/image"].to(vae.dtype)
+    with torch.no_grad():
+        cmp.check("moments", vae.moments(images), t["output/moments"])
+        cmp.check("latent_mean", vae.encode(images), t["output/latent_mean"])
+        cmp.check("latent_sampled", vae.encode(images, sample=True, eps=t["input/posterior_eps"]),
+                  t["output/latent_sampled"])
+        decoded = vae.decode(t["input/decode_latent"])
+        cmp.check("decoded", decoded, t["output/decoded"], "image")
+        cmp.check("decoded_01", to_01(decoded), t["output/decoded_01"], "image")
+        cmp.check("decoded_roundtrip", vae.decode(vae.encode(images)), t["output/decoded_roundtrip"], "image")
+
+
+def case_vit(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> None:
+    pixels = normalize_pixels(t["input/image_uint8_hwc"], g.cfg.vision)
+    cmp.check("pixel_values", pixels, t["input/pixel_values"])
+    with torch.no_grad():
+        cmp.check("vit_features", model.vision.features(pixels), t["output/vit_features"])
+        cmp.check("vision_tokens", model.embed_images(pixels), t["output/vision_tokens"])
+
+
+def case_understanding(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> str:
+    engine = ReportGenerator(model)
+    block = t["layout/text_block_token_ids"].tolist()
+    steps = t["output/step_logits"].shape[0]
+    state = engine.prefill(t["input/pixel_values"], [block], steps)
+    cmp.check("image_block_hidden", state.image_hidden[0], t["output/image_block_hidden"])
+    cmp.check("text_block_hidden", state.prompt_hidden[0], t["output/text_block_hidden"])
+    logits = model.logits(state.prompt_hidden[0])
+    cmp.check("text_block_logits", logits, t["output/text_block_logits"])
+    cmp.check("last_position_logits", logits[-1], t["output/last_position_logits"])
+    used = int(state.cache.lens[0])
+    cmp.check("kv_cache_keys", state.cache.k[:, 0, :, :used].transpose(1, 2), t["output/kv_cache_keys"])
+    cmp.check("kv_cache_values", state.cache.v[:, 0, :, :used].transpose(1, 2), t["output/kv_cache_values"])
+    out = engine.decode(state, steps, keep_logits=True)
+    step_logits = torch.stack([s[0] for s in out.step_logits])
+    cmp.check("step_logits", step_logits, t["output/step_logits"][: step_logits.shape[0]])
+    golden_ids = t["output/generated_tokens"]
+    ours = torch.tensor([g.cfg.tokens.bos, *out.token_ids[0]])[: golden_ids.numel()]
+    cmp.check("generated_tokens", ours, golden_ids, "exact")
+    return f"tokens {ours.tolist()}"
+
+
+def case_velocity(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> None:
+    engine = ImageGenerator(model, g.cfg.sampling)
+    h, w = g.gen_hw()
+    grid = (h // g.cfg.vae.downsample, w // g.cfg.vae.downsample)
+    cond = engine.encode_context([t["input/prompt_ids"].tolist()])
+    x_t = t["input/x_t"][None]
+    tt = float(t["input/t"][0])
+    v = engine.velocity(torch.cat([x_t, x_t]), tt, cond.with_empty_rows(1), grid)
+    v_c, v_u = v[:1], v[1:]
+    cmp.check("v_cond", v_c[0], t["output/v_cond"])
+    cmp.check("v_uncond", v_u[0], t["output/v_uncond"])
+    scale, rmin = float(meta.get("cfg_text_scale", 2.0)), float(meta.get("cfg_renorm_min", 0.0))
+    for name, kind in (("v_cfg", "global"), ("v_cfg_renorm_channel", "channel"),
+                       ("v_cfg_renorm_text_channel", "text_channel")):
+        if f"output/{name}" in t:
+            cmp.check(name, cfg_combine(v_c, v_u, scale, kind, rmin)[0], t[f"output/{name}"])
+
+
+def case_sampling(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE, cmp: Comparison) -> None:
+    engine = ImageGenerator(model, g.cfg.sampling)
+    h, w = meta.get("image_shape_hw", g.gen_hw())
+    trace = SamplingTrace()
+    latents = engine.sample([t["input/prompt_ids"].tolist()], h, w, init_noise=t["input/init_noise"][None],
+                            trace=trace, num_timesteps=int(meta.get("num_timesteps_argument",
+                                                                    g.cfg.sampling.num_timesteps)))
+    cmp.check("timesteps", torch.tensor(trace.timesteps), t["output/timesteps"])
+    cmp.check("step_x_t", torch.stack([x[0] for x in trace.x_t]), t["output/step_x_t"])
+    cmp.check("step_velocity", torch.stack([v[0] for v in trace.velocity]), t["output/step_velocity"])
+    cmp.check("final_latent_nchw", latents, t["output/final_latent_nchw"])
+    tokens = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    cmp.check("final_latent_tokens", tokens, t["output/final_latent_tokens"])
+    assert torch.equal(latents_to_nchw(tokens[None], latents.shape[2], latents.shape[3]), latents)
+    with torch.no_grad():
+        decoded = vae.decode(latents.to(vae.dtype))
+    cmp.check("decoded", decoded, t["output/decoded"], "image")
+    cmp.check("decoded_01", to_01(decoded), t["output/decoded_01"], "image")
+    uint8 = (to_01(decoded)[0].permute(1, 2, 0) * 255).clamp(0, 255).to(torch.uint8)
+    cmp.check("image_uint8_hwc", uint8, t["output/image_uint8_hwc"], "uint8")
+
+
+def golden_training_samples(t: dict, meta: dict) -> list[list]:
+    """Rebuild the packed samples from the golden layout: split lengths/modes + the packed text ids."""
+    text_ids = t["input/packed_text_ids"].tolist()
+    ce_rows = set(t["input/ce_loss_indexes"].tolist())
+    vit = iter(t["input/vit_pixel_values"])
+    latents = iter(t["input/padded_latent"])
+    samples, cursor, row = [], 0, 0
+    for lens, modes in meta["split_lens_and_attn_modes_per_sample"]:
+        sample = []
+        for length, mode in zip(lens, modes):
+            if mode == "causal":
+                ids = text_ids[cursor:cursor + length]
+                sample.append(Text(ids[1:-1], loss=row in ce_rows))
+                cursor += length
+            elif mode == "full":
+                sample.append(VitImage(next(vit)))
+                cursor += 2
+            else:
+                sample.append(Latent(next(latents), noised=True))
+                cursor += 2
+            row += length
+        samples.append(sample)
+    return samples
+
+
+def case_training(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> None:
+    batch = pack(golden_training_samples(t, meta), g.cfg)
+    cmp.check("packed_text_ids", batch.text_ids, t["input/packed_text_ids"], "exact")
+    cmp.check("packed_text_indexes", batch.text_indexes, t["input/packed_text_indexes"], "exact")
+    cmp.check("packed_position_ids", batch.position_ids, t["input/packed_position_ids"], "exact")
+    cmp.check("packed_vit_token_indexes", batch.vit_indexes, t["input/packed_vit_token_indexes"], "exact")
+    cmp.check("packed_vae_token_indexes", batch.latent_indexes, t["input/packed_vae_token_indexes"], "exact")
+    cmp.check("packed_latent_position_ids", batch.latent_position_ids, t["input/packed_latent_position_ids"], "exact")
+    cmp.check("ce_loss_indexes", batch.ce_indexes, t["input/ce_loss_indexes"], "exact")
+    cmp.check("packed_label_ids", batch.ce_labels, t["input/packed_label_ids"], "exact")
+    dense = batch.layout.dense()
+    for s, (start, end) in enumerate(batch.layout.sample_bounds()):
+        golden_mask = t[f"input/nested_attention_mask_{s}"] == 0
+        cmp.check(f"attention_mask_{s}", dense[start:end, start:end], golden_mask, "exact")
+    shift = float(meta.get("timestep_shift_from_config", g.cfg.train_timestep_shift))
+    raw = t["input/packed_timesteps_raw"]
+    first_token = torch.searchsorted(batch.latent_image_ids, torch.arange(batch.num_latent_images))
+    timesteps = shift_timesteps(torch.sigmoid(raw[first_token]), shift)
+    out = training_forward(model, batch, noise=t["input/noise"], timesteps=timesteps)
+    cmp.check("ce", out.ce, t["output/ce"])
+    cmp.check("mse", out.mse, t["output/mse"])
+
+
+def run_parity(root: str | Path, dtype: torch.dtype = torch.float32) -> list[CaseResult]:
+    golden = GoldenDir.open(root)
+    model = build_model(golden, dtype)
+    vae: LatentVAE | None = None
+    results = []
+    for path in golden.cases():
+        kind = path.stem.split("_", 1)[1]
+        tensors = read_safetensors(path)
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        cmp = Comparison(path.stem)
+        if kind in ("vae", "sampling") and vae is None:
+            vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype)
+        runners = {
+            "vae": lambda: case_vae(golden, tensors, meta, vae, cmp),
+            "vit": lambda: case_vit(golden, tensors, meta, model, cmp),
+            "understanding": lambda: case_understanding(golden, tensors, meta, model, cmp),
+            "velocity": lambda: case_velocity(golden, tensors, meta, model, cmp),
+            "sampling": lambda: case_sampling(golden, tensors, meta, model, vae, cmp),
+            "training": lambda: case_training(golden, tensors, meta, model, cmp),
+        }
+        if kind not in runners:
+            results.append(CaseResult(path.stem, 0.0, 0.0, False, "-", f"unknown case kind {kind!r}"))
+            continue
+        with torch.inference_mode():
+            note = runners[kind]()
+        results.append(cmp.result(note or ""))
+    if not results:
+        raise ValueError(f"{root}: no case*_*.safetensors files")
+    return results
