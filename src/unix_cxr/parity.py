@@ -27,7 +27,12 @@ from .model.vision import normalize_pixels
 
 log = logging.getLogger(__name__)
 
+# float32: elementwise |ours - golden| <= atol + rtol * |golden| (the goldens' README); uint8 images may differ
+# by 1 where the float image sits on a rounding boundary.
 TOLERANCES = {"default": (1e-5, 1e-4), "image": (1e-4, 0.0), "exact": (0.0, 0.0), "uint8": (1.0, 0.0)}
+# bfloat16 (8 mantissa bits): max |ours - golden| <= tol * max |golden|; VAE-decoded images amplify latent
+# differences roughly 30-fold, hence the looser image bound. Token ids and layouts stay exact.
+BF16_TOLERANCES = {"default": 0.05, "image": 0.2, "uint8": 0.2, "exact": 0.0}
 
 
 @dataclass
@@ -49,8 +54,9 @@ class CaseResult:
 class Comparison:
     """Accumulates tensor comparisons of one case."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, low_precision: bool = False):
         self.name, self.max_abs, self.max_rel, self.passed, self.worst, self.score = name, 0.0, 0.0, True, "-", -1.0
+        self.low_precision = low_precision
 
     def check(self, label: str, ours: torch.Tensor, golden: torch.Tensor, kind: str = "default") -> None:
         ours, golden = torch.as_tensor(ours).detach().double().cpu(), golden.double()
@@ -59,11 +65,16 @@ class Comparison:
         if ours.shape != golden.shape:
             self.passed, self.worst = False, f"{label} shape {tuple(ours.shape)} != {tuple(golden.shape)}"
             return
-        atol, rtol = TOLERANCES[kind]
         diff = (ours - golden).abs()
-        max_abs = float(diff.max()) if diff.numel() else 0.0
-        max_rel = float((diff / golden.abs().clamp_min(1e-12)).max()) if diff.numel() else 0.0
-        score = float((diff / (atol + rtol * golden.abs()).clamp_min(1e-30)).max()) if diff.numel() else 0.0
+        if not diff.numel():
+            return
+        max_abs = float(diff.max())
+        max_rel = float((diff / golden.abs().clamp_min(1e-12)).max())
+        if self.low_precision and kind != "exact":
+            score = max_abs / (BF16_TOLERANCES[kind] * float(golden.abs().max()) + 1e-30)
+        else:
+            atol, rtol = TOLERANCES[kind]
+            score = float((diff / (atol + rtol * golden.abs()).clamp_min(1e-30)).max())
         self.max_abs, self.max_rel = max(self.max_abs, max_abs), max(self.max_rel, max_rel)
         if score > self.score:
             self.score, self.worst = score, label
@@ -268,7 +279,7 @@ def run_parity(root: str | Path, dtype: torch.dtype = torch.float32) -> list[Cas
         tensors = read_safetensors(path)
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        cmp = Comparison(path.stem)
+        cmp = Comparison(path.stem, low_precision=dtype != torch.float32)
         if kind in ("vae", "sampling") and vae is None:
             vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype)
         runners = {

@@ -1,72 +1,32 @@
 """Loading and saving UniX weights: safetensors only, in the authors' layout, strict with a precise report.
 
-Pickled checkpoints (.ckpt, .pt, .pth, .bin) are never opened here; the VAE's one-time conversion command
-(`unix-cxr convert-vae CKPT OUT --trust-pickle`) is the only place that unpickles, and only when told to.
+Pickled checkpoints (.ckpt, .pt, .pth, .bin, .pkl) are never opened here; the VAE's one-time conversion command
+(`unix-cxr convert-vae CKPT OUT.safetensors --trust-pickle`) is the only place that unpickles, and only when told
+to. The file handling itself (pickle refusal, reading, atomic writing, mismatch reports) is `.safetensors_io`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..model.unix import UniX
 from .keymap import from_authors, is_generation_key, to_authors
+from .safetensors_io import (
+    PICKLE_SUFFIXES,
+    read_safetensors,
+    refuse_pickle,
+    state_dict_mismatch,
+    write_safetensors_atomic,
+)
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-
-
-def refuse_pickle(path: Path) -> None:
-    if path.suffix in PICKLE_SUFFIXES:
-        raise ValueError(f"{path}: pickled checkpoints are not loaded (they can run code); use safetensors "
-                         "(for the VAE: unix-cxr convert-vae CKPT OUT.safetensors --trust-pickle, once)")
-
-
-def read_safetensors(path: str | Path, skip=lambda key: False) -> dict[str, torch.Tensor]:
-    """Read a .safetensors file, leaving out the keys for which `skip(key)` is true (they are never read)."""
-    path = Path(path)
-    refuse_pickle(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if not skip(k)}
-
-
-def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
-    """A readable description of missing / unexpected keys and shape differences, or None if they agree."""
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    shapes = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
-              for k in sorted(set(expected) & set(given)) if expected[k].shape != given[k].shape]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = []
-    for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)):
-        if items:
-            parts.append(f"{len(items)} {name}: {items[:6]}{' ...' if len(items) > 6 else ''}")
-    return "; ".join(parts)
+# The file helpers live in .safetensors_io; they are re-exported here for callers that import them from io.
+__all__ = ["PICKLE_SUFFIXES", "load_authors_weights", "read_safetensors", "refuse_pickle", "save_authors_weights",
+           "state_dict_mismatch", "write_safetensors_atomic"]
 
 
 def load_authors_weights(model: UniX, source: str | Path | dict[str, torch.Tensor]) -> None:
@@ -75,9 +35,9 @@ def load_authors_weights(model: UniX, source: str | Path | dict[str, torch.Tenso
     A report-only model skips the generation tensors without reading them. Raises ValueError naming every
     missing, unexpected or mis-shaped key.
     """
-    skip = (lambda key: is_generation_key(key)) if not model.with_generation else (lambda key: False)
+    skip = None if model.with_generation else is_generation_key
     if isinstance(source, dict):
-        authors = {k: v for k, v in source.items() if not skip(k)}
+        authors = {k: v for k, v in source.items() if skip is None or not skip(k)}
     else:
         authors = read_safetensors(source, skip)
     ours = from_authors(authors)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +42,21 @@ def _sdpa(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
+@functools.cache
+def _flex_kernel(device_type: str):
+    """flex_attention compiled into a fused kernel on accelerators; the eager (unfused) reference on CPU."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention if device_type == "cpu" else torch.compile(flex_attention, dynamic=True)
+
+
 def _flex(q, k, v, mask_mod, q_len: int, kv_len: int, batch: int | None):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     block_mask = create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=q.device)
-    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    with warnings.catch_warnings():  # on CPU the unfused eager path is the intended one
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return _flex_kernel(q.device.type)(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def _flash_rows(q, k, v, mask, causal: bool):

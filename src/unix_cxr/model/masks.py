@@ -111,6 +111,6 @@ def cache_attention_mask(cache_lens: torch.Tensor, query_len: int, causal: bool,
         cache_cols = key_len - query_len
         in_cache = (cols < lens) & (cols < cache_cols)
         block_col = cols - cache_cols
-        in_block = (block_col >= 0) & ((block_col <= rows) if causal else torch.ones_like(block_col, dtype=bool))
+        in_block = (block_col >= 0) & (block_col <= rows) if causal else block_col >= 0
         mask = in_cache | in_block
-    return mask[:, None]
+    return mask.expand(-1, query_len, -1)[:, None]

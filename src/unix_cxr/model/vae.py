@@ -16,15 +16,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from unix_cxr.checkpoint.safetensors_io import (
+    PICKLE_SUFFIXES,
+    refuse_pickle,
+    state_dict_mismatch,
+    summarise_keys,
+    write_safetensors_atomic,
+)
 from unix_cxr.checkpoint.vae_keys import (
     convert_layout,
     count_levels,
@@ -39,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 PREFERRED_FILES = ("vae.safetensors", "kl-f16d16.safetensors")
 AUTOENCODER_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 CONFIG_METADATA_KEY = "unix_cxr.vae_config"
@@ -179,13 +184,6 @@ def to_01(images: torch.Tensor) -> torch.Tensor:
 
 
 # ---- loading --------------------------------------------------------------------------------------------------
-def _pickle_refusal(path: Path) -> ValueError:
-    return ValueError(
-        f"{path} is a pickled checkpoint; unpickling can run arbitrary code, so it is not loaded. "
-        f"Convert it once with: unix-cxr convert-vae {path} OUT.safetensors --trust-pickle"
-    )
-
-
 def _resolve_file(path: Path) -> tuple[Path, Path | None]:
     """The safetensors file to read and the LDM config.yaml beside it (folders only)."""
     if path.is_dir():
@@ -200,14 +198,13 @@ def _resolve_file(path: Path) -> tuple[Path, Path | None]:
         if len(found) > 1:
             raise ValueError(f"{path}: several .safetensors files and none named {' or '.join(PREFERRED_FILES)}: "
                              f"{[p.name for p in found]}")
-        pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        pickled = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickled:
-            raise _pickle_refusal(pickled[0])
+            refuse_pickle(pickled[0])
         raise ValueError(f"{path}: no VAE weights (*.safetensors) in this folder")
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
-    if path.suffix in PICKLE_SUFFIXES:
-        raise _pickle_refusal(path)
+    refuse_pickle(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: expected a .safetensors file or a folder holding one")
     return path, None
@@ -222,28 +219,14 @@ def _config_from_metadata(file: Path) -> VAEConfig | None:
     return VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def _summarise(items: list[str], limit: int = 5) -> str:
-    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def check_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], cfg: VAEConfig,
                      layout: str = "diffusers") -> None:
     """Strict comparison of a state dict with the expected one (same layout): ValueError naming the problems."""
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in sorted(set(sd) & set(expected)) if tuple(sd[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_summarise(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_summarise(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {_summarise(mismatched)}")
-    if problems:
+    problem = state_dict_mismatch(expected, sd)
+    if problem:
         raise ValueError(f"VAE weights do not fit the config (ch={cfg.ch}, ch_mult={tuple(cfg.ch_mult)}, "
-                         f"num_res_blocks={cfg.num_res_blocks}, z_channels={cfg.z_channels}): " + "; ".join(problems)
-                         + f" (keys in {layout} naming)")
+                         f"num_res_blocks={cfg.num_res_blocks}, z_channels={cfg.z_channels}): {problem}"
+                         f" (keys in {layout} naming)")
 
 
 def vae_from_state_dict(sd: dict[str, torch.Tensor], cfg: VAEConfig, dtype: torch.dtype = torch.float32) -> LatentVAE:
@@ -282,28 +265,15 @@ def load_vae(path: str | Path, cfg: VAEConfig | None = None, dtype: torch.dtype 
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
-def _atomic_save(tensors: dict[str, torch.Tensor], out_path: Path, metadata: dict[str, str]) -> Path:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out_path
-
-
 def save_vae(vae: LatentVAE, path: str | Path, layout: Literal["ldm", "diffusers"] = "ldm") -> Path:
     """Write the autoencoder weights as safetensors in the ldm (CompVis) or diffusers layout, with the config."""
     if layout not in ("ldm", "diffusers"):
         raise ValueError(f"layout must be 'ldm' or 'diffusers', got {layout!r}")
-    sd = {k: v.detach().cpu().contiguous() for k, v in vae.autoencoder.state_dict().items()}
+    sd = vae.autoencoder.state_dict()
     if layout == "ldm":
         sd = diffusers_to_ldm(sd, vae.cfg)
-        sd = {k: v.contiguous() for k, v in sd.items()}
     metadata = {"format": "pt", "layout": layout, CONFIG_METADATA_KEY: json.dumps(dataclasses.asdict(vae.cfg))}
-    out = _atomic_save(sd, Path(path), metadata)
+    out = write_safetensors_atomic(sd, Path(path), metadata)
     log.info("saved VAE (%s layout, %d tensors) to %s", layout, len(sd), out)
     return out
 
@@ -350,12 +320,12 @@ def convert_pickled_vae(ckpt_path: str | Path, out_path: str | Path, trust_pickl
         else:
             dropped.append(key)
     if dropped:
-        log.info("dropping %d non-autoencoder entries from %s: %s", len(dropped), ckpt_path, _summarise(dropped))
+        log.info("dropping %d non-autoencoder entries from %s: %s", len(dropped), ckpt_path, summarise_keys(dropped))
     layout = detect_layout(kept)
     if layout == "diffusers":
         kept = convert_layout(kept, count_levels(kept, layout), "diffusers")
     tensors = {k: v.detach().clone().contiguous() for k, v in kept.items()}
-    out = _atomic_save(tensors, out_path, {"format": "pt", "layout": "ldm", "source": ckpt_path.name})
+    out = write_safetensors_atomic(tensors, out_path, {"format": "pt", "layout": "ldm", "source": ckpt_path.name})
     log.info("wrote %d VAE tensors (ldm layout) from %s to %s", len(tensors), ckpt_path, out)
     return out
 

@@ -1,0 +1,571 @@
+"""Core inference benchmarks of unix_cxr on CPU (a script, not a test).
+
+  (i)   report decoding: our ReportGenerator (image + prompt, greedy, KV cache) against transformers'
+        `generate` on the understanding path exported as Qwen3ForCausalLM (unix_cxr.checkpoint.hf_export),
+        same weights, at a mid-size config; HF gets a text-only prompt of the same total length;
+  (ii)  image sampling: our ImageGenerator.sample against a naive loop (in this file) that recomputes the
+        text context at every Euler step (no cache) and runs the conditional and unconditional branches as
+        two separate forwards; same noise, steps and CFG settings; the latents are compared;
+  (iii) the `unix-full` preset with random bf16 weights: peak RSS, seconds per decoded token (report-only
+        and full model), seconds per denoising step (full model), and the memory-bandwidth bound of decoding.
+
+Usage: python benchmarks/bench_core.py [--quick] [--skip-full] [--json out.json]; see --help for sizes.
+Every figure is printed in one table at the end, each with what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import logging
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unix_cxr.checkpoint.hf_export import und_to_qwen3
+from unix_cxr.config import DecoderConfig, SpecialTokens, UniXConfig, VisionConfig, tiny, unix_full
+from unix_cxr.engines.image import ImageGenerator, cfg_combine, in_cfg_interval, timestep_schedule
+from unix_cxr.engines.report import ReportGenerator
+from unix_cxr.model.decoder import RMSNorm
+from unix_cxr.model.embeddings import PositionTable, latent_position_ids, sincos_2d_table
+from unix_cxr.model.masks import PackedLayout, split_position_ids
+from unix_cxr.model.unix import UniX
+
+log = logging.getLogger("bench_core")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ---- bookkeeping ---------------------------------------------------------------------------------------
+@dataclass
+class Figure:
+    section: str
+    name: str
+    value: float
+    unit: str
+    what: str
+
+
+FIGURES: list[Figure] = []
+
+
+def record(section: str, name: str, value: float, unit: str, what: str) -> None:
+    FIGURES.append(Figure(section, name, float(value), unit, what))
+    log.info("%-6s %-44s %12s %-8s %s", section, name, fmt(value), unit, what)
+
+
+def fmt(value: float) -> str:
+    if value == 0 or 1e-3 <= abs(value) < 1e6:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def print_table() -> None:
+    width = max(len(f.name) for f in FIGURES)
+    print("\n" + "=" * 100)
+    print(f"{'sec':<6} {'figure':<{width}} {'value':>12} {'unit':<8} what was measured")
+    print("-" * 100)
+    for f in FIGURES:
+        print(f"{f.section:<6} {f.name:<{width}} {fmt(f.value):>12} {f.unit:<8} {f.what}")
+    print("=" * 100)
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall seconds of `repeats` calls of fn() after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakRSS:
+    """Peak resident memory of a phase: VmHWM after resetting it (Linux clear_refs 5); else ru_maxrss."""
+
+    def __init__(self):
+        self.exact = True
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.exact = False
+
+    def peak(self) -> int:
+        if self.exact:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+def mid_config(args) -> UniXConfig:
+    """The mid-size config of (i) and (ii); the vision tower is small (its cost only enters the prefill)."""
+    v = args.vocab
+    cfg = UniXConfig(
+        decoder=DecoderConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, num_layers=args.layers,
+                              num_heads=args.heads, num_kv_heads=args.kv_heads, vocab_size=v),
+        vision=VisionConfig(image_size=args.vision_image_size, patch_size=16, hidden_size=args.vision_hidden,
+                            intermediate_size=4 * args.vision_hidden, num_layers=args.vision_layers,
+                            num_heads=max(1, args.vision_hidden // 64)),
+        tokens=SpecialTokens(bos=v - 4, eos=v - 3, start_of_image=v - 2, end_of_image=v - 1),
+    )
+    return cfg.validate()
+
+
+def quick_config() -> UniXConfig:
+    cfg = tiny()
+    cfg.decoder = replace(cfg.decoder, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=4,
+                          vocab_size=512, num_layers=2)
+    return cfg.validate()
+
+
+def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
+    """Random weights without the per-element cost of normal_ on billions of elements: every tensor is tiled
+    from one random pool (values do not matter for speed). Norm weights 1, biases 0 (norms 1 + noise), position
+    tables sin-cos, ViT position ids arange. Works on a model materialised with to_empty."""
+    g = torch.Generator().manual_seed(seed)
+    pool = (torch.randn(1 << 22, generator=g) * std)
+    done: set[int] = set()
+
+    def tile_(t: torch.Tensor, offset: int) -> None:
+        flat, src = t.view(-1), pool.to(t.dtype)
+        pos, start = 0, offset % src.numel()
+        while pos < flat.numel():
+            k = min(src.numel() - start, flat.numel() - pos)
+            flat[pos:pos + k].copy_(src[start:start + k])
+            pos, start = pos + k, 0
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, PositionTable):
+                n = module.pos_embed.shape[0]
+                module.pos_embed.copy_(sincos_2d_table(int(round(n ** 0.5)), module.pos_embed.shape[1]))
+                done.add(id(module.pos_embed))
+            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=g))
+                done.add(id(module.weight))
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+                    done.add(id(module.bias))
+            for name, buf in module.named_buffers(recurse=False):
+                if name == "position_ids":  # SigLIP embeddings (non-persistent arange)
+                    buf.copy_(torch.arange(buf.shape[-1]).expand_as(buf))
+        for i, (name, p) in enumerate(model.named_parameters()):
+            if id(p) in done:
+                continue
+            if name.endswith("bias"):
+                tile_(p, 7919 * i)
+                p.mul_(0.5)
+            else:
+                tile_(p, 7919 * i)
+    return model
+
+
+def build_random(cfg: UniXConfig, dtype: torch.dtype, with_generation: bool) -> UniX:
+    """Build on the meta device in `dtype` (no init cost, no float32 copy), then materialise and fill."""
+    with default_dtype(dtype), torch.device("meta"):
+        model = UniX(cfg, with_generation=with_generation)
+    model.to_empty(device="cpu")
+    model.to(dtype)  # the position tables are float32 parameters
+    return randomize_(model).eval()
+
+
+def param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def random_pixels(cfg: UniXConfig, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.vision.image_size
+    return torch.randn(batch, 3, s, s, generator=g)
+
+
+def random_ids(n: int, cfg: UniXConfig, batch: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.tokens.bos, (batch, n), generator=g).tolist()  # below the special ids
+
+
+def no_stop(gen: ReportGenerator) -> ReportGenerator:
+    """The same generator with an EOS id that can never be produced: decoding always runs max_new_tokens."""
+    out = ReportGenerator(gen.model, gen.decoding)
+    out.tokens = replace(gen.tokens, eos=-1)
+    return out
+
+
+# ---- (i) report decoding --------------------------------------------------------------------------------
+def bench_report(args, base: UniX) -> None:
+    n_new = args.new_tokens
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        model = base.to(dtype)  # in place
+        hf = und_to_qwen3(model, share_weights=True)
+        gen = ReportGenerator(model)
+        decoder_only = no_stop(gen)
+        for batch in args.batches:
+            tag = f"{dtype_name} b{batch}"
+            pixels = random_pixels(model.cfg, batch)
+            blocks = [gen.prompt_block(p) for p in random_ids(args.prompt_len, model.cfg, batch, seed=1)]
+            context = model.cfg.vision.num_patches + 2 + len(blocks[0])  # tokens before the start BOS
+            hf_ids = torch.tensor(random_ids(context + 1, model.cfg, batch, seed=2))  # + the start BOS
+            parts: dict[str, list[float]] = {"prefill": [], "decode": []}
+
+            def ours() -> None:
+                t0 = time.perf_counter()
+                state = gen.prefill(pixels, blocks, n_new)
+                t1 = time.perf_counter()
+                out = decoder_only.decode(state, n_new)
+                parts["prefill"].append(t1 - t0)
+                parts["decode"].append(time.perf_counter() - t1)
+                assert all(len(r) == n_new for r in out.token_ids), "our decoding stopped early"
+
+            def theirs(new: int):
+                def run() -> None:
+                    out = hf.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), do_sample=False,
+                                      max_new_tokens=new, eos_token_id=None)
+                    assert out.shape[1] == hf_ids.shape[1] + new, "HF generate stopped early"
+                return run
+
+            t_ours, _ = timed(ours, args.repeats)
+            t_hf, _ = timed(theirs(n_new), args.repeats)
+            t_hf1, _ = timed(theirs(1), args.repeats)
+            dec_ours = statistics.median(parts["decode"][1:])  # the warm-up call is not counted
+            pre_ours = statistics.median(parts["prefill"][1:])
+            what = (f"B={batch}, {n_new} new tokens, context {context} tokens (ours: image {context - len(blocks[0])}"
+                    f" + prompt block {len(blocks[0])}; HF: {context + 1} text tokens), median of {args.repeats}")
+            record("i", f"ours tokens/s {tag}", batch * n_new / t_ours, "tok/s",
+                   "ReportGenerator prefill (ViT + image + prompt) + greedy decode; " + what)
+            record("i", f"HF generate tokens/s {tag}", batch * n_new / t_hf, "tok/s",
+                   "Qwen3ForCausalLM.generate(do_sample=False, eos_token_id=None), same weights; " + what)
+            record("i", f"ratio ours/HF end-to-end {tag}", t_hf / t_ours, "x", "tokens/s ours / tokens/s HF")
+            hf_step = (t_hf - t_hf1) / max(1, n_new - 1)
+            record("i", f"ours ms/decode step {tag}", 1e3 * dec_ours / n_new, "ms",
+                   f"ReportGenerator.decode only / {n_new} steps (our prefill: {1e3 * pre_ours:.1f} ms)")
+            record("i", f"HF ms/decode step {tag}", 1e3 * hf_step, "ms",
+                   f"(t generate {n_new} - t generate 1) / {n_new - 1} (HF prefill + 1st token: "
+                   f"{1e3 * t_hf1:.1f} ms)")
+            record("i", f"ratio decode step HF/ours {tag}", hf_step / (dec_ours / n_new), "x",
+                   "decode-only speed-up (per-step time HF / ours)")
+        del hf
+        gc.collect()
+
+
+# ---- (ii) image sampling --------------------------------------------------------------------------------
+@torch.inference_mode()
+def naive_sample(model: UniX, prompt: list[int], noise: torch.Tensor, grid: tuple[int, int], sampling) -> torch.Tensor:
+    """The reference loop: every Euler step runs [BOS prompt EOS][BOI latents EOI] from scratch through the
+    packed (training) path, and, where CFG applies, [BOI latents EOI] alone as a second forward."""
+    tok = model.cfg.tokens
+    n = grid[0] * grid[1]
+    text = torch.tensor([tok.bos, *prompt, tok.eos])
+    lt = text.numel()
+    lat_pos = latent_position_ids(*grid, model.cfg.max_latent_size)
+
+    def branch(with_text: bool):
+        lens, modes = ([lt, n + 2], ["causal", "noise"]) if with_text else ([n + 2], ["noise"])
+        layout = PackedLayout.from_splits([(lens, modes)])
+        positions = torch.tensor(split_position_ids(lens, modes))[None]
+        offset = lt if with_text else 0
+        gen_mask = torch.zeros(1, sum(lens), dtype=torch.bool)
+        gen_mask[0, offset + 1: offset + 1 + n] = True
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            markers = model.embed_text(torch.tensor([tok.start_of_image, tok.end_of_image]))
+            lat = model.embed_latents(x[0], torch.full((n,), float(t)), lat_pos)
+            parts = [markers[:1], lat, markers[1:]]
+            if with_text:
+                parts.insert(0, model.embed_text(text))
+            hidden = model.decoder(torch.cat(parts)[None], positions, gen_mask, layout)[0]
+            return model.velocity(hidden[offset + 1: offset + 1 + n]).float()[None]
+        return velocity
+
+    cond, uncond = branch(True), branch(False)
+    x = noise.clone().float()
+    t_grid = timestep_schedule(sampling.num_timesteps, sampling.timestep_shift).tolist()
+    for t, t_next in zip(t_grid[:-1], t_grid[1:]):
+        v = cond(x, t)
+        if sampling.cfg_text_scale != 1.0 and in_cfg_interval(t, sampling.cfg_interval):
+            v = cfg_combine(v, uncond(x, t), sampling.cfg_text_scale, sampling.cfg_renorm_type,
+                            sampling.cfg_renorm_min)
+        x = x - v * (t - t_next)
+    return x
+
+
+def bench_sampling(args, base: UniX) -> None:
+    ds = base.cfg.vae.downsample
+    grid = (args.sample_size // ds, args.sample_size // ds)
+    n, c = grid[0] * grid[1], base.cfg.vae.z_channels
+    with torch.no_grad():  # llm2vae is zero-initialised: give it weights so that the latents move
+        g = torch.Generator().manual_seed(3)
+        base.llm2vae.weight.copy_(torch.randn(base.llm2vae.weight.shape, generator=g) * 0.02)
+        base.llm2vae.bias.copy_(torch.randn(base.llm2vae.bias.shape, generator=g) * 0.02)
+    for dtype_name in args.sample_dtypes:
+        model = base.to(DTYPES[dtype_name])
+        sampler = ImageGenerator(model)
+        sampling = replace(model.cfg.sampling, num_timesteps=args.sample_timesteps)
+        prompt = random_ids(args.prompt_len, model.cfg, 1, seed=4)
+        noise = torch.randn(1, n, c, generator=torch.Generator().manual_seed(5))
+        results = {}
+
+        def ours() -> None:
+            results["ours"] = sampler.sample(prompt, args.sample_size, args.sample_size, init_noise=noise,
+                                             num_timesteps=args.sample_timesteps)
+
+        def naive() -> None:
+            results["naive"] = naive_sample(model, prompt[0], noise, grid, sampling)
+
+        t_ours, _ = timed(ours, args.repeats)
+        t_naive, _ = timed(naive, args.repeats)
+        ours_tokens = results["ours"].permute(0, 2, 3, 1).reshape(1, n, c)
+        diff = (ours_tokens - results["naive"]).abs().max().item()
+        guided = sum(in_cfg_interval(t, sampling.cfg_interval)
+                     for t in timestep_schedule(sampling.num_timesteps, sampling.timestep_shift).tolist()[:-1])
+        what = (f"{dtype_name}, {args.sample_size} px = {grid[0]}x{grid[1]} latents, prompt block "
+                f"{args.prompt_len + 2} tokens, {sampling.num_timesteps - 1} Euler steps ({guided} with CFG "
+                f"{sampling.cfg_text_scale}), batch 1, median of {args.repeats}")
+        record("ii", f"ours s/image {dtype_name}", t_ours, "s", "ImageGenerator.sample (cached text, cond+uncond "
+               "batched); " + what)
+        record("ii", f"naive s/image {dtype_name}", t_naive, "s", "loop recomputing text every step, cond and "
+               "uncond as 2 forwards; " + what)
+        record("ii", f"ratio naive/ours {dtype_name}", t_naive / t_ours, "x", "speed-up of ImageGenerator.sample")
+        record("ii", f"max |latent diff| {dtype_name}", diff, "abs", "final latents ours vs naive loop, same noise")
+
+
+# ---- (iii) full-size model ------------------------------------------------------------------------------
+def measure_bandwidth(args) -> dict[str, float]:
+    """GB/s of streaming reads (sum) and copies over a buffer much larger than the caches; median of 3."""
+    nbytes = int(args.bw_gb * 1e9)
+    out = {}
+    x = torch.empty(nbytes // 2, dtype=torch.bfloat16)
+    x.copy_(torch.randn(1 << 20).to(torch.bfloat16).repeat(x.numel() // (1 << 20) + 1)[: x.numel()])
+    t, _ = timed(lambda: x.sum(), 3)
+    out["bf16 sum (read)"] = nbytes / t / 1e9
+    y = torch.empty_like(x)
+    t, _ = timed(lambda: y.copy_(x), 3)
+    out["bf16 copy (read+write)"] = 2 * nbytes / t / 1e9
+    del y
+    x32 = x.view(torch.float32)  # same bytes read as float32
+    t, _ = timed(lambda: x32.sum(), 3)
+    out["fp32 sum (read)"] = nbytes / t / 1e9
+    del x, x32
+    gc.collect()
+    return out
+
+
+def gemv_bandwidth(cfg: DecoderConfig, dtype: torch.dtype) -> float:
+    """Effective weight-read GB/s of one decode-shaped F.linear (1 token) at the MLP up-projection shape."""
+    w = torch.randn(cfg.intermediate_size, cfg.hidden_size).to(dtype)
+    x = torch.randn(1, cfg.hidden_size).to(dtype)
+    t, _ = timed(lambda: F.linear(x, w), 20, warmup=3)
+    return w.numel() * w.element_size() / t / 1e9
+
+
+def decode_bytes(model: UniX) -> tuple[int, dict[str, int]]:
+    """Weight bytes read to decode one token: understanding expert of every layer, final norm, one embedding
+    row and lm_head (vision tower and generation side are not touched)."""
+    dec = model.decoder
+    parts = {
+        "und experts": sum(param_bytes(layer.und) for layer in dec.layers),
+        "final norm": param_bytes(dec.norm),
+        "embedding row": dec.embed_tokens.weight[0].numel() * dec.embed_tokens.weight.element_size(),
+        "lm_head": param_bytes(model.lm_head),
+    }
+    return sum(parts.values()), parts
+
+
+def full_decode(args, cfg: UniXConfig, dtype: torch.dtype, with_generation: bool, label: str):
+    """Build the full preset, run the report path once with a real image (prefill timed once), then time
+    decoding of `full_new_tokens` tokens from the same prefilled state (median of repeats, cache rewound)."""
+    meter = PeakRSS()
+    t0 = time.perf_counter()
+    model = build_random(cfg, dtype, with_generation)
+    build_s = time.perf_counter() - t0
+    record("iii", f"build {label}", build_s, "s", f"meta build + to_empty + random fill, {dtype}, "
+           f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B params, {param_bytes(model) / 1e9:.2f} GB")
+    gen = ReportGenerator(model)
+    decoder_only = no_stop(gen)
+    pixels = random_pixels(cfg, 1)
+    blocks = [gen.prompt_block(random_ids(args.full_prompt_len, cfg, 1, seed=6)[0])]
+    n_new = args.full_new_tokens
+    t0 = time.perf_counter()
+    state = gen.prefill(pixels, blocks, n_new + 2)
+    prefill_s = time.perf_counter() - t0
+    lens0 = state.cache.lens.clone()
+    context = int(lens0[0])
+    record("iii", f"prefill {label}", prefill_s, "s", f"ViT on 3x{cfg.vision.image_size}^2 + {context} context "
+           "tokens into the KV cache, single run (first call)")
+
+    def decode() -> None:
+        state.cache.lens = lens0.clone()
+        out = decoder_only.decode(state, n_new)
+        assert len(out.token_ids[0]) == n_new
+
+    t, times = timed(decode, args.full_repeats)
+    record("iii", f"s/decoded token {label}", t / n_new, "s", f"ReportGenerator.decode of {n_new} tokens after "
+           f"{context} context tokens, batch 1, median of {args.full_repeats} (runs: "
+           + ", ".join(f"{x / n_new:.3f}" for x in times) + ")")
+    record("iii", f"peak RSS {label}", meter.peak() / 1e9, "GB", "VmHWM over build + prefill + decoding"
+           + ("" if meter.exact else " (ru_maxrss: whole process)"))
+    return model, t / n_new
+
+
+def full_denoise(args, model: UniX, label: str) -> None:
+    sampler = ImageGenerator(model)
+    ds = model.cfg.vae.downsample
+    grid = (args.full_image_size // ds, args.full_image_size // ds)
+    n, c = grid[0] * grid[1], model.cfg.vae.z_channels
+    cond = sampler.encode_context(random_ids(args.full_prompt_len, model.cfg, 1, seed=7))
+    both = cond.with_empty_rows(1)
+    x = torch.randn(1, n, c, generator=torch.Generator().manual_seed(8))
+    t0 = time.perf_counter()
+    sampler.velocity(torch.cat([x, x]), 0.9, both, grid)
+    step_s = time.perf_counter() - t0
+    record("iii", f"s/denoising step {label}", step_s, "s", f"ImageGenerator.velocity with CFG (cond + uncond "
+           f"batched = 2 x {n + 2} query tokens, {args.full_image_size} px = {grid[0]}x{grid[1]} latents, "
+           f"{int(cond.lens[0])} cached text tokens), single run (first call)")
+
+
+def bench_full(args) -> None:
+    dtype = DTYPES[args.full_dtype]
+    cfg = quick_config() if args.quick else unix_full()
+    bw = measure_bandwidth(args)
+    for k, v in bw.items():
+        record("iii", f"memory bandwidth {k}", v, "GB/s", f"{args.bw_gb:g} GB buffer, 2 threads, median of 3")
+    best = max(bw["bf16 sum (read)"], bw["fp32 sum (read)"])
+    gemv = gemv_bandwidth(cfg.decoder, dtype)
+    record("iii", f"gemv weight-read bandwidth {args.full_dtype}", gemv, "GB/s",
+           f"F.linear(1 x {cfg.decoder.hidden_size}, {cfg.decoder.intermediate_size} x {cfg.decoder.hidden_size}) "
+           "weight bytes / time: what the CPU's matmul kernel reaches on one decode-shaped product")
+
+    model, s_tok = full_decode(args, cfg, dtype, with_generation=False, label="report-only")
+    nbytes, parts = decode_bytes(model)
+    del model
+    gc.collect()
+    record("iii", "weight bytes per decoded token", nbytes / 1e9, "GB",
+           ", ".join(f"{k} {v / 1e9:.3f}" for k, v in parts.items()) + f" ({args.full_dtype})")
+    bound = nbytes / (best * 1e9)
+    record("iii", "bandwidth bound s/token", bound, "s", f"weight bytes / {best:.2f} GB/s (best streaming read)")
+    record("iii", "ratio measured/bound report-only", s_tok / bound, "x", "s/decoded token / bandwidth bound")
+    kernel_bound = nbytes / (gemv * 1e9)
+    record("iii", "gemv-kernel bound s/token", kernel_bound, "s", "weight bytes / gemv weight-read bandwidth")
+    record("iii", "ratio measured/gemv bound report-only", s_tok / kernel_bound, "x",
+           "s/decoded token / gemv-kernel bound (overhead beyond the matmul kernel)")
+
+    model, s_tok = full_decode(args, cfg, dtype, with_generation=True, label="full")
+    record("iii", "ratio measured/bound full", s_tok / bound, "x", "s/decoded token / bandwidth bound")
+    if not args.skip_denoise:
+        full_denoise(args, model, "full")
+    del model
+    gc.collect()
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min): checks that the script works")
+    p.add_argument("--skip-full", action="store_true", help="skip (iii), the unix-full preset")
+    p.add_argument("--skip-denoise", action="store_true", help="skip the full-size denoising step in (iii)")
+    p.add_argument("--only", choices=["i", "ii", "iii"], nargs="+", help="run only these sections")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median) in (i) and (ii)")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    g = p.add_argument_group("mid-size config of (i) and (ii)")
+    g.add_argument("--hidden", type=int, default=512)
+    g.add_argument("--intermediate", type=int, default=1408)
+    g.add_argument("--layers", type=int, default=8)
+    g.add_argument("--heads", type=int, default=8)
+    g.add_argument("--kv-heads", type=int, default=8)
+    g.add_argument("--vocab", type=int, default=32000)
+    g.add_argument("--vision-image-size", type=int, default=64, help="ViT input side (patch 16)")
+    g.add_argument("--vision-hidden", type=int, default=256)
+    g.add_argument("--vision-layers", type=int, default=2)
+    g.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (without special tokens)")
+    g.add_argument("--new-tokens", type=int, default=64)
+    g.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    g.add_argument("--dtypes", choices=sorted(DTYPES), nargs="+", default=["fp32", "bf16"])
+    g.add_argument("--sample-size", type=int, default=256, help="image side in px for (ii) (latent grid /16)")
+    g.add_argument("--sample-timesteps", type=int, default=10, help="time-grid points (steps + 1) for (ii)")
+    g.add_argument("--sample-dtypes", choices=sorted(DTYPES), nargs="+", default=["fp32"])
+    g = p.add_argument_group("(iii) unix-full preset")
+    g.add_argument("--full-dtype", choices=sorted(DTYPES), default="bf16")
+    g.add_argument("--full-prompt-len", type=int, default=16)
+    g.add_argument("--full-new-tokens", type=int, default=8)
+    g.add_argument("--full-repeats", type=int, default=3)
+    g.add_argument("--full-image-size", type=int, default=256, help="px of the denoising step (256 = 16x16)")
+    g.add_argument("--bw-gb", type=float, default=2.0, help="buffer size of the bandwidth measurement")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.hidden, args.intermediate, args.layers, args.heads, args.kv_heads = 64, 128, 2, 4, 2
+        args.vocab, args.vision_image_size, args.vision_hidden, args.vision_layers = 512, 32, 32, 1
+        args.prompt_len, args.new_tokens, args.sample_size, args.sample_timesteps = 8, 8, 64, 4
+        args.full_new_tokens, args.full_prompt_len, args.full_image_size, args.bw_gb = 4, 4, 64, 0.1
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
+    torch.set_num_threads(args.threads)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    log.info("machine: %s, %d threads, torch %s, python %s", cpu, torch.get_num_threads(), torch.__version__,
+             platform.python_version())
+    sections = set(args.only or ["i", "ii", "iii"])
+    if args.skip_full:
+        sections.discard("iii")
+    torch.manual_seed(0)
+    if sections & {"i", "ii"}:
+        cfg = mid_config(args)
+        base = UniX(cfg, with_generation=True).eval()
+        log.info("mid-size config: %s", dataclasses.asdict(cfg.decoder))
+        if "ii" in sections:  # each section casts the model in place to the dtype it measures
+            bench_sampling(args, base)
+        if "i" in sections:
+            bench_report(args, base)
+        del base
+        gc.collect()
+    if "iii" in sections:
+        bench_full(args)
+    print_table()
+    if args.json:
+        args.json.write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "cpu": cpu,
+                                         "threads": args.threads, "torch": torch.__version__,
+                                         "figures": [dataclasses.asdict(f) for f in FIGURES]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Shared test helpers: tiny randomly initialised models and the location of ../shared."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from unix_cxr.config import tiny
+from unix_cxr.model.unix import UniX
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PARITY = SHARED / "parity"
+needs_parity = pytest.mark.skipif(not (PARITY / "harness.json").is_file(),
+                                  reason="../shared/parity (golden tensors) is not present in this checkout")
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every weight ~ N(0, 0.02^2), every norm weight ~ 1 + 0.05 N(0, 1) (as the goldens are initialised)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            is_norm = "norm" in name.rsplit(".", 2)[-2] if name.count(".") else False
+            p.copy_(1 + 0.05 * noise if is_norm and p.dim() == 1 and name.endswith("weight") else 0.02 * noise)
+    return model
+
+
+@pytest.fixture
+def tiny_model() -> UniX:
+    return randomize(UniX(tiny()).eval())

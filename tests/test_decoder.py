@@ -1,0 +1,160 @@
+"""MoT decoder: routing, cached inference == one packed pass, backends agree, report-only mode.
+
+Run: pytest tests/test_decoder.py
+"""
+
+import pytest
+import torch
+
+from unix_cxr.config import tiny
+from unix_cxr.model.decoder import CacheAttention
+from unix_cxr.model.masks import PackedLayout, split_position_ids
+from unix_cxr.model.unix import UniX
+
+from conftest import randomize
+
+torch.manual_seed(0)
+
+
+def packed(model, x, modes_lens, gen_rows=None, backend="sdpa"):
+    lens, modes = zip(*modes_lens)
+    layout = PackedLayout.from_splits([(list(lens), list(modes))])
+    pos = torch.tensor(split_position_ids(list(lens), list(modes)))[None]
+    gen_mask = torch.zeros(1, x.shape[1], dtype=torch.bool)
+    if gen_rows is not None:
+        gen_mask[0, gen_rows] = True
+    model.decoder.set_attention_backend(backend)
+    return model.decoder(x, pos, gen_mask, layout)
+
+
+def test_cached_understanding_equals_one_packed_pass(tiny_model):
+    d = tiny_model.cfg.decoder.hidden_size
+    image, prompt = torch.randn(1, 6, d), torch.randn(1, 5, d)
+    decoded = [torch.randn(1, 1, d) for _ in range(3)]
+    with torch.no_grad():
+        full = packed(tiny_model, torch.cat([image, prompt, *decoded], 1), [(6, "full"), (8, "causal")])
+        cache = tiny_model.decoder.new_cache(1, 20)
+        outs = [tiny_model.decoder(image, torch.zeros(1, 6, dtype=torch.long), None, CacheAttention(cache, False, True))]
+        outs.append(tiny_model.decoder(prompt, torch.arange(1, 6)[None], None, CacheAttention(cache, True, True)))
+        for i, tok in enumerate(decoded):
+            outs.append(tiny_model.decoder(tok, torch.tensor([[6 + i]]), None, CacheAttention(cache, True, True)))
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+    assert int(cache.lens[0]) == 14
+
+
+def test_cached_denoising_equals_one_packed_pass(tiny_model):
+    """Text context cached once, then [BOI][latents][EOI] read-only: equals the training mask over both splits."""
+    d = tiny_model.cfg.decoder.hidden_size
+    text, block = torch.randn(1, 4, d), torch.randn(1, 6, d)
+    gen = torch.zeros(1, 6, dtype=torch.bool)
+    gen[0, 1:-1] = True
+    with torch.no_grad():
+        full = packed(tiny_model, torch.cat([text, block], 1), [(4, "causal"), (6, "noise")], gen_rows=range(5, 9))
+        cache = tiny_model.decoder.new_cache(1, 4)
+        tiny_model.decoder(text, torch.arange(4)[None], None, CacheAttention(cache, True, True))
+        out = tiny_model.decoder(block, torch.full((1, 6), 4), gen, CacheAttention(cache, False, False))
+    torch.testing.assert_close(out, full[:, 4:], atol=1e-5, rtol=1e-4)
+    assert int(cache.lens[0]) == 4  # a read-only block does not grow the cache
+
+
+def test_experts_are_routed_per_token(tiny_model):
+    """Changing the gen expert changes only the outputs influenced through gen rows' own computation."""
+    d = tiny_model.cfg.decoder.hidden_size
+    x = torch.randn(1, 7, d)
+    splits = [(3, "causal"), (4, "noise")]
+    with torch.no_grad():
+        before = packed(tiny_model, x, splits, gen_rows=[4, 5])
+        for p in tiny_model.decoder.layers[-1].gen.mlp.parameters():
+            p.add_(0.5)
+        after = packed(tiny_model, x, splits, gen_rows=[4, 5])
+    changed = (before - after).abs().amax(-1)[0] > 1e-6
+    # the last layer's gen MLP only touches gen rows (4, 5); the text rows cannot see the noise split
+    assert changed.tolist() == [False, False, False, False, True, True, False]
+
+
+@pytest.mark.parametrize("backend", ["flex"])
+def test_backends_agree_on_packed_training_masks(tiny_model, backend):
+    d = tiny_model.cfg.decoder.hidden_size
+    x = torch.randn(1, 14, d)
+    splits = [(5, "full"), (3, "causal"), (6, "noise")]
+    with torch.no_grad():
+        ref = packed(tiny_model, x, splits, gen_rows=range(9, 13), backend="sdpa")
+        out = packed(tiny_model, x, splits, gen_rows=range(9, 13), backend=backend)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["flex"])
+def test_backends_agree_on_cached_ragged_batch(tiny_model, backend):
+    d = tiny_model.cfg.decoder.hidden_size
+    image, prompt = torch.randn(2, 3, d), torch.randn(2, 4, d)
+
+    def run(name):
+        tiny_model.decoder.set_attention_backend(name)
+        cache = tiny_model.decoder.new_cache(2, 10)
+        with torch.no_grad():
+            tiny_model.decoder(image, torch.zeros(2, 3, dtype=torch.long), None, CacheAttention(cache, False, True))
+            start = cache.lens.clone()
+            a = tiny_model.decoder(prompt, torch.arange(1, 5).expand(2, -1), None, CacheAttention(cache, True, True))
+            cache.lens = start + torch.tensor([4, 2])  # row 1 has a 2-token prompt (rest is padding)
+            b = tiny_model.decoder(prompt[:, :1], torch.tensor([[5], [3]]), None, CacheAttention(cache, True, True))
+        return a, b
+
+    ref, out = run("sdpa"), run(backend)
+    torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[1], ref[1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA device")
+def test_flash_backend_agrees_with_sdpa_on_gpu():
+    pytest.importorskip("flash_attn")
+    model = randomize(UniX(tiny())).cuda().to(torch.bfloat16).eval()
+    d = model.cfg.decoder.hidden_size
+    x = torch.randn(2, 5, d, device="cuda", dtype=torch.bfloat16)
+
+    def run(name):
+        model.decoder.set_attention_backend(name)
+        cache = model.decoder.new_cache(2, 8)
+        with torch.no_grad():
+            return model.decoder(x, torch.arange(5, device="cuda").expand(2, -1), None, CacheAttention(cache, True, True))
+
+    torch.testing.assert_close(run("flash"), run("sdpa"), atol=2e-2, rtol=2e-2)
+
+
+def test_ragged_rows_match_single_rows(tiny_model):
+    """A batch whose prompts have different lengths gives each row what it gets alone."""
+    d = tiny_model.cfg.decoder.hidden_size
+    prompts = [torch.randn(1, 5, d), torch.randn(1, 3, d)]
+    padded = torch.cat([prompts[0], torch.cat([prompts[1], torch.zeros(1, 2, d)], 1)])
+    with torch.no_grad():
+        cache = tiny_model.decoder.new_cache(2, 8)
+        tiny_model.decoder(padded, torch.arange(5).expand(2, -1), None, CacheAttention(cache, True, True))
+        cache.lens = torch.tensor([5, 3])
+        step = torch.randn(2, 1, d)
+        batch_out = tiny_model.decoder(step, torch.tensor([[5], [3]]), None, CacheAttention(cache, True, True))
+        for row, prompt in enumerate(prompts):
+            single = tiny_model.decoder.new_cache(1, 8)
+            n = prompt.shape[1]
+            tiny_model.decoder(prompt, torch.arange(n)[None], None, CacheAttention(single, True, True))
+            out = tiny_model.decoder(step[row:row + 1], torch.tensor([[n]]), None, CacheAttention(single, True, True))
+            torch.testing.assert_close(batch_out[row], out[0], atol=1e-5, rtol=1e-4)
+
+
+def test_report_only_model_has_no_generation_weights_and_refuses_gen_rows():
+    model = UniX(tiny(), with_generation=False)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(".gen." in n or n.startswith(("time_embedder", "vae2llm", "llm2vae", "latent_pos")) for n in names)
+    full = UniX(tiny())
+    layer = sum(p.numel() for p in full.decoder.layers[0].gen.parameters())
+    extra = layer * tiny().decoder.num_layers + sum(
+        sum(p.numel() for p in m.parameters())
+        for m in (full.decoder.norm_gen, full.time_embedder, full.vae2llm, full.llm2vae, full.latent_pos_embed))
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters()) == extra
+    x = torch.randn(1, 3, tiny().decoder.hidden_size)
+    layout = PackedLayout.from_splits([([3], ["noise"])])
+    with pytest.raises(ValueError, match="report-only"):
+        model.decoder(x, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), layout)
+
+
+def test_unknown_backend_is_rejected(tiny_model):
+    with pytest.raises(ValueError, match="unknown attention backend 'xformers'"):
+        tiny_model.decoder.set_attention_backend("xformers")
