@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
+import itertools
 import json
 import logging
 import platform
@@ -173,7 +175,7 @@ def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
         for module in model.modules():
             if isinstance(module, PositionTable):
                 n = module.pos_embed.shape[0]
-                module.pos_embed.copy_(sincos_2d_table(int(round(n ** 0.5)), module.pos_embed.shape[1]))
+                module.pos_embed.copy_(sincos_2d_table(round(n ** 0.5), module.pos_embed.shape[1]))
                 done.add(id(module.pos_embed))
             elif isinstance(module, (RMSNorm, nn.LayerNorm)):
                 module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=g))
@@ -227,6 +229,23 @@ def no_stop(gen: ReportGenerator) -> ReportGenerator:
 
 
 # ---- (i) report decoding --------------------------------------------------------------------------------
+def run_ours(gen: ReportGenerator, decoder_only: ReportGenerator, pixels, blocks, n_new: int, parts) -> None:
+    """What ReportGenerator.generate does (prefill, then decode), with EOS disabled for the decode."""
+    t0 = time.perf_counter()
+    state = gen.prefill(pixels, blocks, n_new)
+    t1 = time.perf_counter()
+    out = decoder_only.decode(state, n_new)
+    parts["prefill"].append(t1 - t0)
+    parts["decode"].append(time.perf_counter() - t1)
+    assert all(len(r) == n_new for r in out.token_ids), "our decoding stopped early"
+
+
+def run_hf(hf, ids: torch.Tensor, new: int) -> None:
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
+                      eos_token_id=None)
+    assert out.shape[1] == ids.shape[1] + new, "HF generate stopped early"
+
+
 def bench_report(args, base: UniX) -> None:
     n_new = args.new_tokens
     for dtype_name in args.dtypes:
@@ -243,25 +262,12 @@ def bench_report(args, base: UniX) -> None:
             hf_ids = torch.tensor(random_ids(context + 1, model.cfg, batch, seed=2))  # + the start BOS
             parts: dict[str, list[float]] = {"prefill": [], "decode": []}
 
-            def ours() -> None:
-                t0 = time.perf_counter()
-                state = gen.prefill(pixels, blocks, n_new)
-                t1 = time.perf_counter()
-                out = decoder_only.decode(state, n_new)
-                parts["prefill"].append(t1 - t0)
-                parts["decode"].append(time.perf_counter() - t1)
-                assert all(len(r) == n_new for r in out.token_ids), "our decoding stopped early"
-
-            def theirs(new: int):
-                def run() -> None:
-                    out = hf.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), do_sample=False,
-                                      max_new_tokens=new, eos_token_id=None)
-                    assert out.shape[1] == hf_ids.shape[1] + new, "HF generate stopped early"
-                return run
+            ours = functools.partial(run_ours, gen, decoder_only, pixels, blocks, n_new, parts)
+            theirs = functools.partial(run_hf, hf, hf_ids)
 
             t_ours, _ = timed(ours, args.repeats)
-            t_hf, _ = timed(theirs(n_new), args.repeats)
-            t_hf1, _ = timed(theirs(1), args.repeats)
+            t_hf, _ = timed(functools.partial(theirs, n_new), args.repeats)
+            t_hf1, _ = timed(functools.partial(theirs, 1), args.repeats)
             dec_ours = statistics.median(parts["decode"][1:])  # the warm-up call is not counted
             pre_ours = statistics.median(parts["prefill"][1:])
             what = (f"B={batch}, {n_new} new tokens, context {context} tokens (ours: image {context - len(blocks[0])}"
@@ -315,13 +321,21 @@ def naive_sample(model: UniX, prompt: list[int], noise: torch.Tensor, grid: tupl
     cond, uncond = branch(True), branch(False)
     x = noise.clone().float()
     t_grid = timestep_schedule(sampling.num_timesteps, sampling.timestep_shift).tolist()
-    for t, t_next in zip(t_grid[:-1], t_grid[1:]):
+    for t, t_next in itertools.pairwise(t_grid):
         v = cond(x, t)
         if sampling.cfg_text_scale != 1.0 and in_cfg_interval(t, sampling.cfg_interval):
             v = cfg_combine(v, uncond(x, t), sampling.cfg_text_scale, sampling.cfg_renorm_type,
                             sampling.cfg_renorm_min)
         x = x - v * (t - t_next)
     return x
+
+
+def run_sampler(sampler: ImageGenerator, prompt, noise, size: int, timesteps: int, results: dict) -> None:
+    results["ours"] = sampler.sample(prompt, size, size, init_noise=noise, num_timesteps=timesteps)
+
+
+def run_naive(model: UniX, prompt, noise, grid, sampling, results: dict) -> None:
+    results["naive"] = naive_sample(model, prompt, noise, grid, sampling)
 
 
 def bench_sampling(args, base: UniX) -> None:
@@ -339,13 +353,9 @@ def bench_sampling(args, base: UniX) -> None:
         prompt = random_ids(args.prompt_len, model.cfg, 1, seed=4)
         noise = torch.randn(1, n, c, generator=torch.Generator().manual_seed(5))
         results = {}
-
-        def ours() -> None:
-            results["ours"] = sampler.sample(prompt, args.sample_size, args.sample_size, init_noise=noise,
-                                             num_timesteps=args.sample_timesteps)
-
-        def naive() -> None:
-            results["naive"] = naive_sample(model, prompt[0], noise, grid, sampling)
+        ours = functools.partial(run_sampler, sampler, prompt, noise, args.sample_size, args.sample_timesteps,
+                                 results)
+        naive = functools.partial(run_naive, model, prompt[0], noise, grid, sampling, results)
 
         t_ours, _ = timed(ours, args.repeats)
         t_naive, _ = timed(naive, args.repeats)
@@ -371,16 +381,14 @@ def measure_bandwidth(args) -> dict[str, float]:
     out = {}
     x = torch.empty(nbytes // 2, dtype=torch.bfloat16)
     x.copy_(torch.randn(1 << 20).to(torch.bfloat16).repeat(x.numel() // (1 << 20) + 1)[: x.numel()])
-    t, _ = timed(lambda: x.sum(), 3)
+    t, _ = timed(x.sum, 3)
     out["bf16 sum (read)"] = nbytes / t / 1e9
     y = torch.empty_like(x)
-    t, _ = timed(lambda: y.copy_(x), 3)
+    t, _ = timed(functools.partial(y.copy_, x), 3)
     out["bf16 copy (read+write)"] = 2 * nbytes / t / 1e9
-    del y
-    x32 = x.view(torch.float32)  # same bytes read as float32
-    t, _ = timed(lambda: x32.sum(), 3)
+    t, _ = timed(x.view(torch.float32).sum, 3)  # the same bytes read as float32
     out["fp32 sum (read)"] = nbytes / t / 1e9
-    del x, x32
+    del x, y
     gc.collect()
     return out
 
@@ -389,7 +397,7 @@ def gemv_bandwidth(cfg: DecoderConfig, dtype: torch.dtype) -> float:
     """Effective weight-read GB/s of one decode-shaped F.linear (1 token) at the MLP up-projection shape."""
     w = torch.randn(cfg.intermediate_size, cfg.hidden_size).to(dtype)
     x = torch.randn(1, cfg.hidden_size).to(dtype)
-    t, _ = timed(lambda: F.linear(x, w), 20, warmup=3)
+    t, _ = timed(functools.partial(F.linear, x, w), 20, warmup=3)
     return w.numel() * w.element_size() / t / 1e9
 
 
@@ -535,13 +543,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
     torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_model()
     log.info("machine: %s, %d threads, torch %s, python %s", cpu, torch.get_num_threads(), torch.__version__,
              platform.python_version())
     sections = set(args.only or ["i", "ii", "iii"])

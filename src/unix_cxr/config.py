@@ -309,6 +309,44 @@ def from_authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None
     return cfg.validate()
 
 
+def to_authors_config(cfg: UniXConfig) -> dict[str, Any]:
+    """Our config as the authors' UniX inference config.json (the inverse of from_authors_config for that form)."""
+    d, v, s = cfg.decoder, cfg.vision, cfg.sampling
+    generation = {"cfg_text_scale": s.cfg_text_scale, "cfg_img_scale": 1.0, "cfg_interval": list(s.cfg_interval),
+                  "num_timesteps": s.num_timesteps, "do_sample": False}
+    return {
+        "model_type": "unix", "architectures": ["UniX"], "visual_gen": True, "visual_und": True,
+        "latent_patch_size": 1, "max_latent_size": cfg.max_latent_size,
+        "vit_max_num_patch_per_side": cfg.vit_max_num_patch_per_side, "connector_act": v.connector_act,
+        "interpolate_pos": False, "timestep_shift": cfg.train_timestep_shift,
+        "llm_config": {
+            "model_type": "qwen2", "hidden_size": d.hidden_size, "intermediate_size": d.intermediate_size,
+            "num_hidden_layers": d.num_layers, "num_attention_heads": d.num_heads,
+            "num_key_value_heads": d.num_kv_heads, "vocab_size": d.vocab_size, "rope_theta": d.rope_theta,
+            "rms_norm_eps": d.rms_norm_eps, "max_position_embeddings": d.max_position_embeddings,
+            "layer_module": "Qwen2MoTDecoderLayer", "qk_norm": d.qk_norm,
+            "tie_word_embeddings": d.tie_word_embeddings,
+        },
+        "vit_config": {
+            "model_type": "siglip_vision_model", "hidden_size": v.hidden_size, "image_size": v.image_size,
+            "intermediate_size": v.intermediate_size, "num_attention_heads": v.num_heads,
+            "num_hidden_layers": v.num_layers, "patch_size": v.patch_size, "select_layer": -1,
+        },
+        "vae_config": {"downsample": cfg.vae.downsample, "z_channels": cfg.vae.z_channels},
+        "inference_config": {"generation": generation},
+    }
+
+
+def ldm_vae_yaml(cfg: VAEConfig) -> dict[str, Any]:
+    """The latent-diffusion config.yaml content for a VAE config (the inverse of vae_config_from_ldm_yaml)."""
+    return {"model": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+        "embed_dim": cfg.embed_dim, "lossconfig": {"target": "torch.nn.Identity"},
+        "ddconfig": {"double_z": True, "z_channels": cfg.z_channels, "resolution": cfg.resolution,
+                     "in_channels": cfg.in_channels, "out_ch": cfg.out_channels, "ch": cfg.ch,
+                     "ch_mult": list(cfg.ch_mult), "num_res_blocks": cfg.num_res_blocks,
+                     "attn_resolutions": list(cfg.attn_resolutions), "dropout": 0.0}}}}
+
+
 def vae_config_from_ldm_yaml(path: str | Path) -> VAEConfig:
     """Read the latent-diffusion `config.yaml` (model.params.ddconfig) that ships next to the VAE checkpoint."""
     data = yaml.safe_load(Path(path).read_text())

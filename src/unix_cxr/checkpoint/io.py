@@ -29,11 +29,16 @@ __all__ = ["PICKLE_SUFFIXES", "load_authors_weights", "read_safetensors", "refus
            "state_dict_mismatch", "write_safetensors_atomic"]
 
 
+# Tensors that no forward path reads: the two fixed sin-cos tables (BAGEL's loader drops and rebuilds them) and
+# SigLIP's attention-pooling head. A release file may lack them; then our own values stay, and a line is logged.
+UNUSED_PREFIXES = ("vit_pos_embed.", "latent_pos_embed.", "vision.tower.head.")
+
+
 def load_authors_weights(model: UniX, source: str | Path | dict[str, torch.Tensor]) -> None:
     """Load a state dict in the authors' layout (file or dict) into `model`, strictly.
 
     A report-only model skips the generation tensors without reading them. Raises ValueError naming every
-    missing, unexpected or mis-shaped key.
+    missing, unexpected or mis-shaped key (only the unused tensors of UNUSED_PREFIXES may be absent).
     """
     skip = None if model.with_generation else is_generation_key
     if isinstance(source, dict):
@@ -42,6 +47,11 @@ def load_authors_weights(model: UniX, source: str | Path | dict[str, torch.Tenso
         authors = read_safetensors(source, skip)
     ours = from_authors(authors)
     expected = model.state_dict()
+    absent_unused = [k for k in expected if k not in ours and k.startswith(UNUSED_PREFIXES)]
+    if absent_unused:
+        log.info("checkpoint lacks %d unused tensors (%s...); keeping the model's own", len(absent_unused),
+                 absent_unused[0])
+        ours.update({k: expected[k] for k in absent_unused})
     problem = state_dict_mismatch(expected, ours)
     if problem:
         raise ValueError(f"checkpoint does not fit this UniX config: {problem}")

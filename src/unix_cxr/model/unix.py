@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import UniXConfig
 from .decoder import MoTDecoder
-from .embeddings import PositionTable, TimestepEmbedder
+from .embeddings import PositionTable, TimestepEmbedder, sincos_2d_table
 from .vision import VisionEncoder
 
 
@@ -38,6 +38,19 @@ class UniX(nn.Module):
             self.latent_pos_embed = PositionTable(cfg.max_latent_size, d)
             nn.init.zeros_(self.llm2vae.weight)
             nn.init.zeros_(self.llm2vae.bias)
+
+    @torch.no_grad()
+    def reset_fixed_tables(self) -> None:
+        """Refill what no checkpoint carries or trains: the sin-cos tables and SigLIP's position-id buffer.
+
+        Needed after building on the meta device and `to_empty` (fast loading of large models).
+        """
+        d = self.cfg.decoder.hidden_size
+        self.vit_pos_embed.pos_embed.copy_(sincos_2d_table(self.cfg.vit_max_num_patch_per_side, d))
+        if self.with_generation:
+            self.latent_pos_embed.pos_embed.copy_(sincos_2d_table(self.cfg.max_latent_size, d))
+        ids = self.vision.tower.embeddings.position_ids
+        ids.copy_(torch.arange(ids.shape[-1], device=ids.device).expand_as(ids))
 
     # ---- embeddings ---------------------------------------------------------------------------------------
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:

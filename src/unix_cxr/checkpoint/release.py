@@ -1,0 +1,82 @@
+"""Loading a UniX release folder, as the authors publish it, from a local path (no hub access).
+
+    RELEASE/
+      config.json          authors' config (Janus-style `language_config`/..., or the UniX `llm_config` form);
+                           absent -> the released defaults (unix-full), as the authors' loader falls back
+      model.safetensors    the UniX state dict in the authors' key layout
+      vae/                 *.safetensors (ldm or diffusers keys) + config.yaml (latent-diffusion); a pickled
+                           kl-f16d16.ckpt must be converted once: unix-cxr convert-vae ... --trust-pickle
+      tokenizer.json, tokenizer_config.json, special_tokens_map.json   the Janus-Pro tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import SpecialTokens, UniXConfig, from_authors_config, unix_full, vae_config_from_ldm_yaml
+from ..model.unix import UniX
+from ..model.vae import LatentVAE, load_vae
+from .io import load_authors_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Release:
+    cfg: UniXConfig
+    model: UniX
+    vae: LatentVAE | None
+    tokenizer: object | None  # a transformers tokenizer, when the folder has tokenizer files
+
+
+def release_config(folder: Path, tokens: SpecialTokens | None = None) -> UniXConfig:
+    config = folder / "config.json"
+    vae_yaml = folder / "vae" / "config.yaml"
+    if config.is_file():
+        cfg = from_authors_config(json.loads(config.read_text()), vae_yaml if vae_yaml.is_file() else None, tokens)
+    else:
+        log.info("%s has no config.json: using the released UniX configuration", folder)
+        cfg = unix_full()
+        cfg.tokens = tokens or cfg.tokens
+        if vae_yaml.is_file():
+            cfg.vae = vae_config_from_ldm_yaml(vae_yaml)
+    return cfg
+
+
+def load_tokenizer(folder: str | Path):
+    """The tokenizer saved in `folder` (local files only), or None when the folder has none."""
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def load_release(folder: str | Path, dtype: torch.dtype = torch.bfloat16, with_generation: bool = True,
+                 device: str | torch.device = "cpu", tokens: SpecialTokens | None = None) -> Release:
+    """Build the model of a release folder and load its weights, VAE (when generating) and tokenizer.
+
+    `tokens`: special-token ids, for models with another vocabulary than the released one (its files don't say).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{folder}: no model.safetensors")
+    cfg = release_config(folder, tokens)
+    with torch.device("meta"):
+        model = UniX(cfg, with_generation=with_generation)
+    model = model.to_empty(device=device).to(dtype)
+    model.reset_fixed_tables()
+    load_authors_weights(model, weights)
+    vae = None
+    if with_generation and (folder / "vae").is_dir():
+        vae = load_vae(folder / "vae", cfg.vae, dtype=dtype).to(device)
+    return Release(cfg, model.eval(), vae, load_tokenizer(folder))

@@ -1,0 +1,84 @@
+"""Release folders (authors' layout) load from local files: config, weights, VAE, tokenizer.
+
+Run: pytest tests/test_release.py
+"""
+
+import json
+
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from unix_cxr.checkpoint.io import save_authors_weights
+from unix_cxr.checkpoint.release import load_release
+from unix_cxr.config import UniXConfig, from_authors_config, ldm_vae_yaml, tiny, to_authors_config
+from unix_cxr.engines.report import ReportGenerator
+from unix_cxr.model.unix import UniX
+from unix_cxr.model.vae import LatentVAE, save_vae
+
+from conftest import randomize
+
+
+def write_release(folder, model: UniX, vae: LatentVAE):
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(to_authors_config(model.cfg)))
+    save_authors_weights(model, folder / "model.safetensors")
+    (folder / "vae").mkdir()
+    save_vae(vae, folder / "vae" / "kl-f16d16.safetensors")
+    (folder / "vae" / "config.yaml").write_text(yaml.safe_dump(ldm_vae_yaml(model.cfg.vae)))
+    vocab = {f"w{i}": i for i in range(model.cfg.decoder.vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0").save_pretrained(folder)
+
+
+def test_authors_config_round_trip():
+    cfg = tiny()
+    back = from_authors_config(to_authors_config(cfg), tokens=cfg.tokens)
+    back.vae = cfg.vae  # the VAE comes from vae/config.yaml, not config.json
+    back.decoding = cfg.decoding  # decoding settings and the output size are inferencer arguments, not config
+    back.sampling.image_size = cfg.sampling.image_size
+    assert back == cfg
+
+
+def test_release_folder_loads_and_reproduces_the_model(tmp_path):
+    cfg = tiny()
+    model = randomize(UniX(cfg)).eval()
+    vae = randomize(LatentVAE(cfg.vae), seed=1).eval()
+    write_release(tmp_path / "rel", model, vae)
+    # the authors' files carry no special-token ids; the tiny vocabulary needs its own
+    rel = load_release(tmp_path / "rel", dtype=torch.float32, tokens=cfg.tokens)
+    for key, value in model.state_dict().items():
+        assert torch.equal(rel.model.state_dict()[key], value), key
+    assert torch.equal(rel.model.vision.tower.embeddings.position_ids, model.vision.tower.embeddings.position_ids)
+    px = torch.randn(1, 3, 32, 32)
+    ids = rel.tokenizer("w5 w6 w7", add_special_tokens=False)["input_ids"]
+    assert ids == [5, 6, 7]
+    assert (ReportGenerator(rel.model).generate(px, [ids], max_new_tokens=4).token_ids
+            == ReportGenerator(model).generate(px, [ids], max_new_tokens=4).token_ids)
+    z = torch.randn(1, 16, 4, 4)
+    torch.testing.assert_close(rel.vae.decode(z), vae.decode(z))
+    report_only = load_release(tmp_path / "rel", dtype=torch.float32, with_generation=False, tokens=cfg.tokens)
+    assert report_only.vae is None and not report_only.model.with_generation
+
+
+def test_release_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a folder"):
+        load_release(tmp_path / "missing")
+    (tmp_path / "rel").mkdir()
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        load_release(tmp_path / "rel")
+
+
+def test_own_config_format_is_strict(tmp_path):
+    cfg = tiny()
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    assert UniXConfig.from_file(path) == cfg
+    data = cfg.to_dict()
+    data["decoder"]["hiden_size"] = 3
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"config.decoder: unknown config keys \['hiden_size'\]"):
+        UniXConfig.from_file(path)
