@@ -38,8 +38,8 @@ BF16_TOLERANCES = {"default": 0.05, "image": 0.2, "uint8": 0.2, "exact": 0.0}
 @dataclass
 class CaseResult:
     name: str
-    max_abs: float
-    max_rel: float
+    max_abs: float  # largest |ours - golden| over the case's tensors
+    max_rel: float  # largest max|ours - golden| / max|golden| over the case's tensors
     passed: bool
     worst: str  # tensor with the largest error relative to its tolerance
     note: str = ""
@@ -69,7 +69,7 @@ class Comparison:
         if not diff.numel():
             return
         max_abs = float(diff.max())
-        max_rel = float((diff / golden.abs().clamp_min(1e-12)).max())
+        max_rel = max_abs / max(float(golden.abs().max()), 1e-12)  # relative to the tensor's largest magnitude
         if self.low_precision and kind != "exact":
             score = max_abs / (BF16_TOLERANCES[kind] * float(golden.abs().max()) + 1e-30)
         else:
