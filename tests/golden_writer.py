@@ -19,6 +19,7 @@ Not part of the package: only the tests import it.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -232,12 +233,22 @@ def write_golden_dir(
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
     data = torch.Generator().manual_seed(seed + 1)
-    ids = lambda n: torch.randint(0, base, (n,), generator=data)  # noqa: E731
-    uint8 = lambda *shape: torch.randint(0, 256, shape, generator=data, dtype=torch.uint8)  # noqa: E731
-    randn = lambda *shape: torch.randn(shape, generator=data)  # noqa: E731
-    vit_px = lambda img: ((img.permute(2, 0, 1)[None].float() / 255 - cfg.vision.pixel_mean)  # noqa: E731
-                          / cfg.vision.pixel_std)
-    vae_px = lambda img: (img.permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5  # noqa: E731
+
+    def ids(n: int) -> torch.Tensor:  # ordinary token ids
+        return torch.randint(0, base, (n,), generator=data)
+
+    def uint8(*shape: int) -> torch.Tensor:
+        return torch.randint(0, 256, shape, generator=data, dtype=torch.uint8)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=data)
+
+    def vit_px(img: torch.Tensor) -> torch.Tensor:  # SigLIPImageTransform: /255, then the CXR mean / std
+        return (img.permute(2, 0, 1)[None].float() / 255 - cfg.vision.pixel_mean) / cfg.vision.pixel_std
+
+    def vae_px(img: torch.Tensor) -> torch.Tensor:  # VAEImageTransform: /255, then (x - 0.5) / 0.5
+        return (img.permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
+
     n_patches = (vit_image // vit_patch) ** 2
     scale, shift = cfg.vae.scale_factor, cfg.vae.shift_factor
 
@@ -326,7 +337,7 @@ def write_golden_dir(
         init_noise = randn(n_lat, z_channels)
         cond = sampler.encode_context([prompt.tolist()])
         x, xs, vs, scales = init_noise.clone(), [], [], []
-        for t, t_next in zip(t_grid[:-1], t_grid[1:]):
+        for t, t_next in itertools.pairwise(t_grid):
             v_c = sampler.velocity(x[None], t, cond, grid)[0]
             guided = cfg_text_scale != 1.0 and cfg_interval[0] < t <= cfg_interval[1]
             if guided:

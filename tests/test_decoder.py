@@ -5,19 +5,18 @@ Run: pytest tests/test_decoder.py
 
 import pytest
 import torch
+from conftest import randomize
 
 from unix_cxr.config import tiny
 from unix_cxr.model.decoder import CacheAttention
 from unix_cxr.model.masks import PackedLayout, split_position_ids
 from unix_cxr.model.unix import UniX
 
-from conftest import randomize
-
 torch.manual_seed(0)
 
 
 def packed(model, x, modes_lens, gen_rows=None, backend="sdpa"):
-    lens, modes = zip(*modes_lens)
+    lens, modes = zip(*modes_lens, strict=False)
     layout = PackedLayout.from_splits([(list(lens), list(modes))])
     pos = torch.tensor(split_position_ids(list(lens), list(modes)))[None]
     gen_mask = torch.zeros(1, x.shape[1], dtype=torch.bool)
@@ -34,7 +33,8 @@ def test_cached_understanding_equals_one_packed_pass(tiny_model):
     with torch.no_grad():
         full = packed(tiny_model, torch.cat([image, prompt, *decoded], 1), [(6, "full"), (8, "causal")])
         cache = tiny_model.decoder.new_cache(1, 20)
-        outs = [tiny_model.decoder(image, torch.zeros(1, 6, dtype=torch.long), None, CacheAttention(cache, False, True))]
+        zeros = torch.zeros(1, 6, dtype=torch.long)
+        outs = [tiny_model.decoder(image, zeros, None, CacheAttention(cache, False, True))]
         outs.append(tiny_model.decoder(prompt, torch.arange(1, 6)[None], None, CacheAttention(cache, True, True)))
         for i, tok in enumerate(decoded):
             outs.append(tiny_model.decoder(tok, torch.tensor([[6 + i]]), None, CacheAttention(cache, True, True)))
@@ -115,7 +115,8 @@ def test_flash_backend_agrees_with_sdpa_on_gpu():
         model.decoder.set_attention_backend(name)
         cache = model.decoder.new_cache(2, 8)
         with torch.no_grad():
-            return model.decoder(x, torch.arange(5, device="cuda").expand(2, -1), None, CacheAttention(cache, True, True))
+            pos = torch.arange(5, device="cuda").expand(2, -1)
+            return model.decoder(x, pos, None, CacheAttention(cache, True, True))
 
     torch.testing.assert_close(run("flash"), run("sdpa"), atol=2e-2, rtol=2e-2)
 

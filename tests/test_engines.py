@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import randomize
 
 from unix_cxr.config import tiny
 from unix_cxr.engines.image import ImageGenerator, cfg_combine, in_cfg_interval, timestep_schedule
@@ -15,8 +16,6 @@ from unix_cxr.engines.packing import Latent, Text, VitImage, pack
 from unix_cxr.engines.report import ReportGenerator, top_p_filter
 from unix_cxr.engines.training import sample_timesteps, shift_timesteps, training_forward
 from unix_cxr.model.unix import UniX
-
-from conftest import randomize
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
@@ -94,7 +93,7 @@ def test_rows_stop_independently_at_eos(tiny_model):
 
 def test_sampled_decoding_is_seedable(tiny_model):
     engine = ReportGenerator(tiny_model)
-    run = lambda seed: engine.generate(images(1), [[5, 6]], max_new_tokens=6, do_sample=True, temperature=1.5,  # noqa: E731
+    run = lambda seed: engine.generate(images(1), [[5, 6]], max_new_tokens=6, do_sample=True, temperature=1.5,
                                        top_p=0.9, generator=torch.Generator().manual_seed(seed)).token_ids
     assert run(3) == run(3)
     assert any(run(3) != run(s) for s in range(4, 10))
@@ -142,7 +141,7 @@ def test_batched_sampling_matches_single_prompts_and_is_seedable(tiny_model):
     for row in range(2):
         single = engine.sample([prompts[row]], 64, 64, init_noise=noise[row:row + 1])
         torch.testing.assert_close(batch[row], single[0], atol=1e-5, rtol=1e-4)
-    g = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(11)
     assert torch.equal(engine.sample(prompts, 64, 64, generator=g()), engine.sample(prompts, 64, 64, generator=g()))
 
 

@@ -5,13 +5,11 @@ Run: pytest tests/test_parity.py
 
 import shutil
 
-import pytest
 import torch
+from conftest import PARITY, needs_parity
 from safetensors.torch import load_file, save_file
 
 from unix_cxr.cli import main
-
-from conftest import PARITY, needs_parity
 
 pytestmark = needs_parity
 

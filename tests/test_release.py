@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import randomize
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -17,8 +18,6 @@ from unix_cxr.config import UniXConfig, from_authors_config, ldm_vae_yaml, tiny,
 from unix_cxr.engines.report import ReportGenerator
 from unix_cxr.model.unix import UniX
 from unix_cxr.model.vae import LatentVAE, save_vae
-
-from conftest import randomize
 
 
 def write_release(folder, model: UniX, vae: LatentVAE):
@@ -68,7 +67,7 @@ def test_release_errors(tmp_path):
     with pytest.raises(ValueError, match="not a folder"):
         load_release(tmp_path / "missing")
     (tmp_path / "rel").mkdir()
-    with pytest.raises(ValueError, match="no model.safetensors"):
+    with pytest.raises(ValueError, match=r"no model\.safetensors"):
         load_release(tmp_path / "rel")
 
 

@@ -190,7 +190,8 @@ def _compvis_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
             conv(f"decoder.up.{i}.upsample.conv", block_in, block_in, 3)
             res *= 2
     norm("decoder.norm_out", block_in), conv("decoder.conv_out", cfg.out_channels, block_in, 3)
-    conv("quant_conv", 2 * cfg.embed_dim, 2 * cfg.z_channels, 1), conv("post_quant_conv", cfg.z_channels, cfg.embed_dim, 1)
+    conv("quant_conv", 2 * cfg.embed_dim, 2 * cfg.z_channels, 1)
+    conv("post_quant_conv", cfg.z_channels, cfg.embed_dim, 1)
     return shapes
 
 

@@ -179,11 +179,11 @@ def test_key_round_trip_ours() -> None:
 
 def test_key_map_errors() -> None:
     w = torch.zeros(96, 32)
-    with pytest.raises(ValueError, match="unknown keys.*blocks.0.attn.qkv.wieght"):
+    with pytest.raises(ValueError, match=r"unknown keys.*blocks\.0\.attn\.qkv\.wieght"):
         tower_from_authors({"blocks.0.attn.qkv.wieght": w, "cls_token": torch.zeros(1, 1, 32)})
-    with pytest.raises(ValueError, match="missing.*attn_pool.kv.weight"):
+    with pytest.raises(ValueError, match=r"missing.*attn_pool\.kv\.weight"):
         tower_from_authors({"attn_pool.q.weight": torch.zeros(32, 32)})
-    with pytest.raises(ValueError, match="unknown keys.*layers.1.weight"):
+    with pytest.raises(ValueError, match=r"unknown keys.*layers\.1\.weight"):
         connector_from_authors({"layers.1.weight": w})
     with pytest.raises(ValueError, match="leading dim of size 1"):
         tower_from_authors({"pos_embed": torch.zeros(16, 32)})

@@ -57,7 +57,8 @@ class DecoderConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"decoder hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"decoder num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+            raise ValueError(f"decoder num_heads {self.num_heads} is not a multiple of "
+                             f"num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"decoder head_dim {self.head_dim} must be even for RoPE")
 
@@ -158,7 +159,7 @@ class UniXConfig:
     vit_max_num_patch_per_side: int = 24  # side of the (unused, but saved) vit_pos_embed table
     train_timestep_shift: float = 1.0  # shift applied to training timesteps (released training: 1.0)
 
-    def validate(self) -> "UniXConfig":
+    def validate(self) -> UniXConfig:
         for part in (self.decoder, self.vision, self.vae, self.sampling):
             part.validate()
         ids = dataclasses.astuple(self.tokens)
@@ -171,11 +172,11 @@ class UniXConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "UniXConfig":
+    def from_dict(cls, data: dict[str, Any]) -> UniXConfig:
         return _build(cls, data, "config").validate()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "UniXConfig":
+    def from_file(cls, path: str | Path) -> UniXConfig:
         """Read our YAML/JSON format, or the authors' config.json (detected by its keys)."""
         path = Path(path)
         text = path.read_text()

@@ -92,7 +92,7 @@ class GoldenDir:
     harness: dict
 
     @classmethod
-    def open(cls, root: str | Path) -> "GoldenDir":
+    def open(cls, root: str | Path) -> GoldenDir:
         root = Path(root)
         if not (root / "config.json").is_file() or not (root / "harness.json").is_file():
             raise ValueError(f"{root}: not a golden directory (config.json and harness.json are required)")
@@ -138,7 +138,7 @@ def build_model(golden: GoldenDir, dtype: torch.dtype = torch.float32) -> UniX:
 
 
 # ---- cases ---------------------------------------------------------------------------------------------
-def case_vae(g: GoldenDir, t: dict, meta: dict, vae: LatentVAE, cmp: Comparison) -> None:
+def case_vae(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE, cmp: Comparison) -> None:
     images = t["input/image"].to(vae.dtype)
     with torch.no_grad():
         cmp.check("moments", vae.moments(images), t["output/moments"])
@@ -151,7 +151,7 @@ def case_vae(g: GoldenDir, t: dict, meta: dict, vae: LatentVAE, cmp: Comparison)
         cmp.check("decoded_roundtrip", vae.decode(vae.encode(images)), t["output/decoded_roundtrip"], "image")
 
 
-def case_vit(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> None:
+def case_vit(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE | None, cmp: Comparison) -> None:
     pixels = normalize_pixels(t["input/image_uint8_hwc"], g.cfg.vision)
     cmp.check("pixel_values", pixels, t["input/pixel_values"])
     with torch.no_grad():
@@ -159,7 +159,8 @@ def case_vit(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) ->
         cmp.check("vision_tokens", model.embed_images(pixels), t["output/vision_tokens"])
 
 
-def case_understanding(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> str:
+def case_understanding(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE | None,
+                       cmp: Comparison) -> str:
     engine = ReportGenerator(model)
     block = t["layout/text_block_token_ids"].tolist()
     steps = t["output/step_logits"].shape[0]
@@ -181,7 +182,7 @@ def case_understanding(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comp
     return f"tokens {ours.tolist()}"
 
 
-def case_velocity(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> None:
+def case_velocity(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE | None, cmp: Comparison) -> None:
     engine = ImageGenerator(model, g.cfg.sampling)
     h, w = g.gen_hw()
     grid = (h // g.cfg.vae.downsample, w // g.cfg.vae.downsample)
@@ -230,7 +231,7 @@ def golden_training_samples(t: dict, meta: dict) -> list[list]:
     samples, cursor, row = [], 0, 0
     for lens, modes in meta["split_lens_and_attn_modes_per_sample"]:
         sample = []
-        for length, mode in zip(lens, modes):
+        for length, mode in zip(lens, modes, strict=False):
             if mode == "causal":
                 ids = text_ids[cursor:cursor + length]
                 sample.append(Text(ids[1:-1], loss=row in ce_rows))
@@ -246,7 +247,7 @@ def golden_training_samples(t: dict, meta: dict) -> list[list]:
     return samples
 
 
-def case_training(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Comparison) -> None:
+def case_training(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE | None, cmp: Comparison) -> None:
     batch = pack(golden_training_samples(t, meta), g.cfg)
     cmp.check("packed_text_ids", batch.text_ids, t["input/packed_text_ids"], "exact")
     cmp.check("packed_text_indexes", batch.text_indexes, t["input/packed_text_indexes"], "exact")
@@ -269,6 +270,10 @@ def case_training(g: GoldenDir, t: dict, meta: dict, model: UniX, cmp: Compariso
     cmp.check("mse", out.mse, t["output/mse"])
 
 
+CASES = {"vae": case_vae, "vit": case_vit, "understanding": case_understanding, "velocity": case_velocity,
+         "sampling": case_sampling, "training": case_training}
+
+
 def run_parity(root: str | Path, dtype: torch.dtype = torch.float32) -> list[CaseResult]:
     golden = GoldenDir.open(root)
     model = build_model(golden, dtype)
@@ -282,19 +287,11 @@ def run_parity(root: str | Path, dtype: torch.dtype = torch.float32) -> list[Cas
         cmp = Comparison(path.stem, low_precision=dtype != torch.float32)
         if kind in ("vae", "sampling") and vae is None:
             vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype)
-        runners = {
-            "vae": lambda: case_vae(golden, tensors, meta, vae, cmp),
-            "vit": lambda: case_vit(golden, tensors, meta, model, cmp),
-            "understanding": lambda: case_understanding(golden, tensors, meta, model, cmp),
-            "velocity": lambda: case_velocity(golden, tensors, meta, model, cmp),
-            "sampling": lambda: case_sampling(golden, tensors, meta, model, vae, cmp),
-            "training": lambda: case_training(golden, tensors, meta, model, cmp),
-        }
-        if kind not in runners:
+        if kind not in CASES:
             results.append(CaseResult(path.stem, 0.0, 0.0, False, "-", f"unknown case kind {kind!r}"))
             continue
         with torch.inference_mode():
-            note = runners[kind]()
+            note = CASES[kind](golden, tensors, meta, model, vae, cmp)
         results.append(cmp.result(note or ""))
     if not results:
         raise ValueError(f"{root}: no case*_*.safetensors files")

@@ -83,7 +83,8 @@ def _compile(template: str) -> str:
 
 
 def _build_matchers(source: str) -> list[tuple[re.Pattern[str], str, dict[str, tuple[str, str | None]]]]:
-    """For one source layout: (regex over the whole key, target module template, {source leaf: (target leaf, reshape)})."""
+    """For one source layout: (regex over the whole key, target module template,
+    {source leaf: (target leaf, reshape)})."""
     src_idx = _TARGETS.index(source)
     matchers = []
     for rule in MODULE_RULES:

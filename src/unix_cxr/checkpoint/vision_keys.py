@@ -147,7 +147,7 @@ def _convert(
             result = [p.clone() for p in torch.split(whole, [unit * n for n in dst_parts], dim=0)]
         if not to_ours and rule.squeeze:
             result = [r.unsqueeze(0) for r in result]
-        for t, tensor in zip(dst_t, result):
+        for t, tensor in zip(dst_t, result, strict=False):
             out[_fill(t, layer)] = tensor
     return out
 
@@ -160,10 +160,10 @@ def _check_parts(pieces: list[torch.Tensor], parts: tuple[int, ...], what: str, 
     if len(pieces) < 2:
         return
     unit = pieces[0].shape[0] / parts[0]
-    if any(p.shape[0] != unit * n for p, n in zip(pieces, parts)) or any(
+    if any(p.shape[0] != unit * n for p, n in zip(pieces, parts, strict=False)) or any(
         p.shape[1:] != pieces[0].shape[1:] for p in pieces
     ):
-        shapes = {k: tuple(p.shape) for k, p in zip(keys, pieces)}
+        shapes = {k: tuple(p.shape) for k, p in zip(keys, pieces, strict=False)}
         raise ValueError(f"{what}: tensors {shapes} do not have the relative sizes {parts} along dim 0")
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -130,7 +131,7 @@ class ImageGenerator:
         cond = self.encode_context(prompt_ids)
         both = cond.with_empty_rows(b)
         t_grid = timestep_schedule(cfg.num_timesteps, cfg.timestep_shift).tolist()
-        for t, t_next in zip(t_grid[:-1], t_grid[1:]):
+        for t, t_next in itertools.pairwise(t_grid):
             guided = cfg.cfg_text_scale != 1.0 and in_cfg_interval(t, cfg.cfg_interval)
             if guided:
                 v_both = self.velocity(torch.cat([x, x]), t, both, grid)

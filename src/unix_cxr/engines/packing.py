@@ -107,7 +107,7 @@ def pack(samples: list[list[Text | VitImage | Latent]], cfg: UniXConfig) -> Pack
     if row > cfg.decoder.max_position_embeddings:
         raise ValueError(f"packed sequence of {row} tokens exceeds max_position_embeddings "
                          f"{cfg.decoder.max_position_embeddings}")
-    long = lambda xs: torch.tensor(list(xs), dtype=torch.long)  # noqa: E731
+    long = lambda xs: torch.tensor(list(xs), dtype=torch.long)
     return PackedBatch(
         layout=PackedLayout.from_splits(splits),
         position_ids=long(positions),

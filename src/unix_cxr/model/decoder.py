@@ -12,8 +12,8 @@ where it helps: B batch, L sequence, D hidden, H heads, K kv heads, d head_dim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +90,7 @@ class Route:
     gen_idx: torch.Tensor | None = None
 
     @classmethod
-    def from_mask(cls, gen_mask: torch.Tensor | None) -> "Route":
+    def from_mask(cls, gen_mask: torch.Tensor | None) -> Route:
         if gen_mask is None or not bool(gen_mask.any()):
             return cls("und")
         flat = gen_mask.reshape(-1)
@@ -122,28 +122,25 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[3]
 
-    def write(self, layer: int, k_BKLd: torch.Tensor, v_BKLd: torch.Tensor) -> int:
-        """Write a block after each row's valid prefix; return the number of key columns now in use."""
-        b, _, length, _ = k_BKLd.shape
-        end = int(self.lens.max()) + length
-        if end > self.capacity:
-            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.capacity}")
-        if bool((self.lens == self.lens[0]).all()):
-            start = int(self.lens[0])
+    def write(self, layer: int, k_BKLd: torch.Tensor, v_BKLd: torch.Tensor, start: int | None) -> None:
+        """Write a block after each row's valid prefix: at column `start` when every row has that length,
+        else row by row (scatter)."""
+        if start is not None:
+            length = k_BKLd.shape[2]
             self.k[layer, :, :, start:start + length] = k_BKLd
             self.v[layer, :, :, start:start + length] = v_BKLd
-        else:
-            pos = (self.lens[:, None] + torch.arange(length, device=self.lens.device))[:, None, :]  # (B, 1, L)
-            rows = torch.arange(b, device=pos.device)[:, None, None]
-            heads = torch.arange(k_BKLd.shape[1], device=pos.device)[None, :, None]
-            self.k[layer][rows, heads, pos] = k_BKLd
-            self.v[layer][rows, heads, pos] = v_BKLd
-        return end
+            return
+        b, heads, length, _ = k_BKLd.shape
+        pos = (self.lens[:, None] + torch.arange(length, device=self.lens.device))[:, None, :]  # (B, 1, L)
+        rows = torch.arange(b, device=pos.device)[:, None, None]
+        head_idx = torch.arange(heads, device=pos.device)[None, :, None]
+        self.k[layer][rows, head_idx, pos] = k_BKLd
+        self.v[layer][rows, head_idx, pos] = v_BKLd
 
     def view(self, layer: int, used: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[layer, :, :, :used], self.v[layer, :, :, :used]
 
-    def with_empty_rows(self, extra: int) -> "KVCache":
+    def with_empty_rows(self, extra: int) -> KVCache:
         """A copy followed by `extra` rows holding no context (length 0), e.g. the unconditional CFG branch."""
         out = KVCache.__new__(KVCache)
         shape = (self.k.shape[0], extra, *self.k.shape[2:])
@@ -161,6 +158,38 @@ class CacheAttention:
     causal: bool
     write: bool
 
+    def prepare(self, query_len: int) -> CacheStep:
+        """What every layer of one forward shares, computed once: mask, cache columns read, write offset."""
+        lens = self.cache.lens
+        longest = int(lens.max())
+        uniform = bool((lens == longest).all())
+        if self.write:
+            if longest + query_len > self.cache.capacity:
+                raise ValueError(f"KV cache overflow: {longest + query_len} tokens > capacity {self.cache.capacity}")
+            read, key_len = longest + query_len, longest + query_len
+        else:
+            read, key_len = longest, longest + query_len
+        mask = cache_attention_mask(lens, query_len, self.causal, key_len, appended=self.write)
+        return CacheStep(self, mask, read, longest if uniform else None)
+
+
+@dataclass(frozen=True)
+class CacheStep:
+    spec: CacheAttention
+    mask: torch.Tensor  # (B, 1, Lq, Lk)
+    read: int  # cache columns each layer reads
+    write_start: int | None  # common write offset, None for ragged rows
+
+    def attend(self, layer: int, q, k, v, backend: str) -> torch.Tensor:
+        cache = self.spec.cache
+        if self.spec.write:
+            cache.write(layer, k, v, self.write_start)
+            k_all, v_all = cache.view(layer, self.read)
+        else:
+            k_c, v_c = cache.view(layer, self.read)
+            k_all, v_all = torch.cat([k_c, k], dim=2), torch.cat([v_c, v], dim=2)
+        return cached_attention(q, k_all, v_all, self.mask, self.spec.causal, backend)
+
 
 class MoTLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig, with_generation: bool = True):
@@ -169,7 +198,7 @@ class MoTLayer(nn.Module):
         self.gen = Expert(cfg) if with_generation else None
         self.cfg = cfg
 
-    def forward(self, x_BLD, cos, sin, route: Route, layer_idx: int, attn_spec, backend: str):
+    def forward(self, x_BLD, cos, sin, route: Route, layer_idx: int, attention, backend: str):
         b, length, dim = x_BLD.shape
         h, kv, d = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         x_TD = x_BLD.reshape(b * length, dim)
@@ -179,24 +208,15 @@ class MoTLayer(nn.Module):
         q = apply_rope(q.view(b, length, h, d).transpose(1, 2), cos, sin)
         k = apply_rope(k.view(b, length, kv, d).transpose(1, 2), cos, sin)
         v = v.view(b, length, kv, d).transpose(1, 2)
-        attn_BLD = self._attend(q, k, v, layer_idx, attn_spec, backend)
+        attn_BLD = self._attend(q, k, v, layer_idx, attention, backend)
         out = route.map(self.und.finish, gen.finish, attn_BLD.reshape(b * length, -1), x_TD)
         return out.view(b, length, dim)
 
     @staticmethod
-    def _attend(q, k, v, layer_idx: int, spec, backend: str):
-        if isinstance(spec, PackedLayout):
-            return packed_attention(q, k, v, spec, backend)
-        cache: KVCache = spec.cache
-        lq = q.shape[2]
-        if spec.write:
-            used = cache.write(layer_idx, k, v)
-            k_all, v_all = cache.view(layer_idx, used)
-        else:
-            k_c, v_c = cache.view(layer_idx, int(cache.lens.max()))
-            k_all, v_all = torch.cat([k_c, k], dim=2), torch.cat([v_c, v], dim=2)
-        mask = cache_attention_mask(cache.lens, lq, spec.causal, k_all.shape[2], appended=spec.write)
-        return cached_attention(q, k_all, v_all, mask, spec.causal, backend)
+    def _attend(q, k, v, layer_idx: int, attention, backend: str):
+        if isinstance(attention, PackedLayout):
+            return packed_attention(q, k, v, attention, backend)
+        return attention.attend(layer_idx, q, k, v, backend)
 
 
 class MoTDecoder(nn.Module):
@@ -233,8 +253,9 @@ class MoTDecoder(nn.Module):
         route = Route.from_mask(gen_mask)
         if route.only != "und" and not self.with_generation:
             raise ValueError("generation tokens given to a report-only decoder (built with_generation=False)")
+        step = attention.prepare(x_BLD.shape[1]) if isinstance(attention, CacheAttention) else attention
         for i, layer in enumerate(self.layers):
-            x_BLD = layer(x_BLD, cos, sin, route, i, attention, self.attention_backend)
+            x_BLD = layer(x_BLD, cos, sin, route, i, step, self.attention_backend)
             if hidden_states is not None:
                 hidden_states.append(x_BLD)
         if isinstance(attention, CacheAttention) and attention.write:

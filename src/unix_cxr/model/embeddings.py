@@ -9,7 +9,7 @@ from torch import nn
 
 
 def timestep_frequencies(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """t (N,) in [0, 1], used as is (not x1000) -> (N, dim) = [cos(t f_k), sin(t f_k)], f_k = e^(-ln(P) k / (dim/2))."""
+    """t (N,) in [0, 1], used as is (not x1000) -> (N, dim) = [cos(t f_k), sin(t f_k)], f_k = P^(-k / (dim/2))."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]

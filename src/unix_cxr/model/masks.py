@@ -35,21 +35,21 @@ class PackedLayout:
     mode: torch.Tensor
 
     @classmethod
-    def from_splits(cls, samples: list[tuple[list[int], list[str]]]) -> "PackedLayout":
+    def from_splits(cls, samples: list[tuple[list[int], list[str]]]) -> PackedLayout:
         """`samples[s] = (split_lens, split_modes)` in sequence order."""
         sample_id, split_id, mode = [], [], []
         next_split = 0
         for s, (lens, modes) in enumerate(samples):
             if len(lens) != len(modes):
                 raise ValueError(f"sample {s}: {len(lens)} split lengths but {len(modes)} modes")
-            for length, name in zip(lens, modes):
+            for length, name in zip(lens, modes, strict=False):
                 if length <= 0:
                     raise ValueError(f"sample {s}: split lengths must be positive, got {length}")
                 sample_id += [s] * length
                 split_id += [next_split] * length
                 mode += [_mode_code(name)] * length
                 next_split += 1
-        as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long)
         return cls(as_long(sample_id), as_long(split_id), as_long(mode))
 
     def __len__(self) -> int:
@@ -81,7 +81,7 @@ class PackedLayout:
 def split_position_ids(split_lens: list[int], split_modes: list[str], start: int = 0) -> list[int]:
     """RoPE positions of one sample: text consecutive, one shared position per image split."""
     pos, out = start, []
-    for length, mode in zip(split_lens, split_modes):
+    for length, mode in zip(split_lens, split_modes, strict=False):
         code = _mode_code(mode)
         if code == CAUSAL:
             out += list(range(pos, pos + length))

@@ -30,7 +30,8 @@ class UniX(nn.Module):
         if cfg.decoder.tie_word_embeddings:
             self.lm_head.weight = self.decoder.embed_tokens.weight
         self.vision = VisionEncoder(cfg.vision, d)
-        self.vit_pos_embed = PositionTable(cfg.vit_max_num_patch_per_side, d)  # built and saved by the authors, used by no forward path
+        # built and saved by the authors, used by no forward path (SigLIP has its own learned positions)
+        self.vit_pos_embed = PositionTable(cfg.vit_max_num_patch_per_side, d)
         if with_generation:
             self.time_embedder = TimestepEmbedder(d)
             self.vae2llm = nn.Linear(cfg.vae.z_channels, d)

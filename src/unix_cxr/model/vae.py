@@ -281,7 +281,7 @@ def save_vae(vae: LatentVAE, path: str | Path, layout: Literal["ldm", "diffusers
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure of the restricted unpickler leads to the trusted fallback
+    except Exception as err:
         log.warning("%s does not load with weights_only=True (%s: %s); unpickling it fully because "
                     "trust_pickle is set", path, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         return torch.load(path, map_location="cpu", weights_only=False)

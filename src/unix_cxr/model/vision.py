@@ -89,7 +89,8 @@ class VisionEncoder(nn.Module):
         if (c, h, w) != (3, size, size):
             raise ValueError(f"vision tower expects 3x{size}x{size} images, got {c}x{h}x{w}")
         if not pixel_values.is_floating_point():
-            raise ValueError(f"vision tower expects float pixel values (see normalize_pixels), got {pixel_values.dtype}")
+            raise ValueError("vision tower expects float pixel values (see normalize_pixels), "
+                             f"got {pixel_values.dtype}")
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, N, vision hidden): all patch tokens after the final LayerNorm."""
