@@ -88,7 +88,7 @@ def _sample_masks(split_lens: list[int], split_modes: list[str]) -> torch.Tensor
     n = sum(split_lens)
     allowed = torch.zeros(n, n, dtype=torch.bool)
     starts = [sum(split_lens[:i]) for i in range(len(split_lens))]
-    for i, (start, length, mode) in enumerate(zip(starts, split_lens, split_modes)):
+    for i, (start, length, mode) in enumerate(zip(starts, split_lens, split_modes, strict=True)):
         end = start + length
         for j in range(i):  # earlier splits, unless they are noise splits
             if split_modes[j] != "noise":
@@ -228,7 +228,8 @@ def write_golden_dir(
     model = randomize_(UniX(cfg), gen).eval()
     save_vae(vae, root / "vae.safetensors", layout="ldm")
     save_authors_weights(model, root / "model.safetensors")
-    manifest = {name: {k: {"shape": list(v.shape), "dtype": "float32"} for k, v in read_safetensors(root / name).items()}
+    manifest = {name: {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                       for k, v in read_safetensors(root / name).items()}
                 for name in ("model.safetensors", "vae.safetensors")}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 

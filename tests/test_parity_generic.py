@@ -68,6 +68,9 @@ def test_mha_non_square_golden_dir_passes(mha_dir: Path, capsys) -> None:
     assert meta["tensors"]["output/decoded"]["shape"] == [1, 3, 32, 48]
     assert meta["tensors"]["output/step_velocity"]["shape"] == [3, 6, 16]
     assert meta["cfg_text_scale_per_step"] == [3.0, 3.0, 1.0]  # t = 1, 0.8 guided; t = 0.5 outside (0.55, 1]
+    weights = load_file(str(mha_dir / "model.safetensors"))
+    assert 0.015 < float(weights["llm2vae.weight"].std()) < 0.025  # random like the goldens, not zero-initialised
+    assert abs(float(weights["language_model.model.norm_moe_gen.weight"].mean()) - 1) < 0.02
 
     rc, lines, out, _ = run_cli(mha_dir, capsys)
     assert rc == 0, out
