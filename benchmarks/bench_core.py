@@ -57,14 +57,19 @@ class Figure:
     value: float
     unit: str
     what: str
+    other_cpu: float | None = None  # share of the machine's CPU used by other processes while measuring
 
 
 FIGURES: list[Figure] = []
 
 
-def record(section: str, name: str, value: float, unit: str, what: str) -> None:
-    FIGURES.append(Figure(section, name, float(value), unit, what))
-    log.info("%-6s %-44s %12s %-8s %s", section, name, fmt(value), unit, what)
+def record(section: str, name: str, value: float, unit: str, what: str, other_cpu: float | None = None) -> None:
+    FIGURES.append(Figure(section, name, float(value), unit, what, other_cpu))
+    log.info("%-6s %-44s %12s %-8s %5s %s", section, name, fmt(value), unit, busy(other_cpu), what)
+
+
+def busy(other_cpu: float | None) -> str:
+    return "" if other_cpu is None else f"{100 * other_cpu:.0f}%"
 
 
 def fmt(value: float) -> str:
@@ -76,23 +81,84 @@ def fmt(value: float) -> str:
 def print_table() -> None:
     width = max(len(f.name) for f in FIGURES)
     print("\n" + "=" * 100)
-    print(f"{'sec':<6} {'figure':<{width}} {'value':>12} {'unit':<8} what was measured")
+    print("busy = share of the machine's CPU time taken by OTHER processes while the figure was measured")
+    print(f"{'sec':<6} {'figure':<{width}} {'value':>12} {'unit':<8} {'busy':>5} what was measured")
     print("-" * 100)
     for f in FIGURES:
-        print(f"{f.section:<6} {f.name:<{width}} {fmt(f.value):>12} {f.unit:<8} {f.what}")
+        print(f"{f.section:<6} {f.name:<{width}} {fmt(f.value):>12} {f.unit:<8} {busy(f.other_cpu):>5} {f.what}")
     print("=" * 100)
 
 
-def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall seconds of `repeats` calls of fn() after `warmup` untimed calls."""
+@dataclass
+class CpuSample:
+    total: int  # jiffies of all CPUs
+    idle: int
+    own: int  # user + system jiffies of this process (all threads)
+
+
+def cpu_sample() -> CpuSample:
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:9]]
+    with open("/proc/self/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()  # fields[11], fields[12]: utime, stime
+    return CpuSample(sum(vals), vals[3] + vals[4], int(fields[11]) + int(fields[12]))
+
+
+def other_cpu_share(a: CpuSample, b: CpuSample) -> float:
+    """Share of the whole machine's CPU time (all cores) that processes other than this one used."""
+    total = b.total - a.total
+    if total <= 0:
+        return 0.0
+    busy_all = total - (b.idle - a.idle)
+    return max(0.0, busy_all - (b.own - a.own)) / total
+
+
+QUIET = {"threshold": 0.10, "max_wait": 0.0}
+
+
+def wait_quiet() -> None:
+    """Wait (at most QUIET['max_wait'] s) until other processes use < threshold of the CPU over 1 s."""
+    deadline = time.monotonic() + QUIET["max_wait"]
+    while True:
+        a = cpu_sample()
+        time.sleep(1.0)
+        share = other_cpu_share(a, cpu_sample())
+        if share < QUIET["threshold"] or time.monotonic() >= deadline:
+            if share >= QUIET["threshold"]:
+                log.info("machine still busy (other processes %.0f%% CPU): measuring anyway", 100 * share)
+            return
+        log.info("other processes use %.0f%% CPU: waiting", 100 * share)
+
+
+@dataclass
+class Timing:
+    median: float
+    times: list[float]
+    other_cpu: float
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> Timing:
+    """Median wall seconds of `repeats` calls of fn() after `warmup` untimed calls (and a wait for quiet)."""
     for _ in range(warmup):
         fn()
+    wait_quiet()
+    start = cpu_sample()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    return Timing(statistics.median(times), times, other_cpu_share(start, cpu_sample()))
+
+
+def timed_once(fn) -> tuple[float, float, object]:
+    """(seconds, other processes' CPU share, result) of one call (for steps that take minutes)."""
+    wait_quiet()
+    start = cpu_sample()
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, other_cpu_share(start, cpu_sample()), out
 
 
 def rss_bytes() -> int:
@@ -265,26 +331,29 @@ def bench_report(args, base: UniX) -> None:
             ours = functools.partial(run_ours, gen, decoder_only, pixels, blocks, n_new, parts)
             theirs = functools.partial(run_hf, hf, hf_ids)
 
-            t_ours, _ = timed(ours, args.repeats)
-            t_hf, _ = timed(functools.partial(theirs, n_new), args.repeats)
-            t_hf1, _ = timed(functools.partial(theirs, 1), args.repeats)
+            r_ours = timed(ours, args.repeats)
+            r_hf = timed(functools.partial(theirs, n_new), args.repeats)
+            r_hf1 = timed(functools.partial(theirs, 1), args.repeats)
+            t_ours, t_hf, t_hf1 = r_ours.median, r_hf.median, r_hf1.median
+            o_ours, o_hf = r_ours.other_cpu, max(r_hf.other_cpu, r_hf1.other_cpu)
+            o_both = max(o_ours, o_hf)
             dec_ours = statistics.median(parts["decode"][1:])  # the warm-up call is not counted
             pre_ours = statistics.median(parts["prefill"][1:])
             what = (f"B={batch}, {n_new} new tokens, context {context} tokens (ours: image {context - len(blocks[0])}"
                     f" + prompt block {len(blocks[0])}; HF: {context + 1} text tokens), median of {args.repeats}")
             record("i", f"ours tokens/s {tag}", batch * n_new / t_ours, "tok/s",
-                   "ReportGenerator prefill (ViT + image + prompt) + greedy decode; " + what)
+                   "ReportGenerator prefill (ViT + image + prompt) + greedy decode; " + what, o_ours)
             record("i", f"HF generate tokens/s {tag}", batch * n_new / t_hf, "tok/s",
-                   "Qwen3ForCausalLM.generate(do_sample=False, eos_token_id=None), same weights; " + what)
-            record("i", f"ratio ours/HF end-to-end {tag}", t_hf / t_ours, "x", "tokens/s ours / tokens/s HF")
+                   "Qwen3ForCausalLM.generate(do_sample=False, eos_token_id=None), same weights; " + what, r_hf.other_cpu)
+            record("i", f"ratio ours/HF end-to-end {tag}", t_hf / t_ours, "x", "tokens/s ours / tokens/s HF", o_both)
             hf_step = (t_hf - t_hf1) / max(1, n_new - 1)
             record("i", f"ours ms/decode step {tag}", 1e3 * dec_ours / n_new, "ms",
-                   f"ReportGenerator.decode only / {n_new} steps (our prefill: {1e3 * pre_ours:.1f} ms)")
+                   f"ReportGenerator.decode only / {n_new} steps (our prefill: {1e3 * pre_ours:.1f} ms)", o_ours)
             record("i", f"HF ms/decode step {tag}", 1e3 * hf_step, "ms",
                    f"(t generate {n_new} - t generate 1) / {n_new - 1} (HF prefill + 1st token: "
-                   f"{1e3 * t_hf1:.1f} ms)")
+                   f"{1e3 * t_hf1:.1f} ms)", o_hf)
             record("i", f"ratio decode step HF/ours {tag}", hf_step / (dec_ours / n_new), "x",
-                   "decode-only speed-up (per-step time HF / ours)")
+                   "decode-only speed-up (per-step time HF / ours)", o_both)
         del hf
         gc.collect()
 
@@ -357,8 +426,8 @@ def bench_sampling(args, base: UniX) -> None:
                                  results)
         naive = functools.partial(run_naive, model, prompt[0], noise, grid, sampling, results)
 
-        t_ours, _ = timed(ours, args.repeats)
-        t_naive, _ = timed(naive, args.repeats)
+        r_ours, r_naive = timed(ours, args.repeats), timed(naive, args.repeats)
+        t_ours, t_naive = r_ours.median, r_naive.median
         ours_tokens = results["ours"].permute(0, 2, 3, 1).reshape(1, n, c)
         diff = (ours_tokens - results["naive"]).abs().max().item()
         guided = sum(in_cfg_interval(t, sampling.cfg_interval)
@@ -367,38 +436,39 @@ def bench_sampling(args, base: UniX) -> None:
                 f"{args.prompt_len + 2} tokens, {sampling.num_timesteps - 1} Euler steps ({guided} with CFG "
                 f"{sampling.cfg_text_scale}), batch 1, median of {args.repeats}")
         record("ii", f"ours s/image {dtype_name}", t_ours, "s", "ImageGenerator.sample (cached text, cond+uncond "
-               "batched); " + what)
+               "batched); " + what, r_ours.other_cpu)
         record("ii", f"naive s/image {dtype_name}", t_naive, "s", "loop recomputing text every step, cond and "
-               "uncond as 2 forwards; " + what)
-        record("ii", f"ratio naive/ours {dtype_name}", t_naive / t_ours, "x", "speed-up of ImageGenerator.sample")
+               "uncond as 2 forwards; " + what, r_naive.other_cpu)
+        record("ii", f"ratio naive/ours {dtype_name}", t_naive / t_ours, "x", "speed-up of ImageGenerator.sample",
+               max(r_ours.other_cpu, r_naive.other_cpu))
         record("ii", f"max |latent diff| {dtype_name}", diff, "abs", "final latents ours vs naive loop, same noise")
 
 
 # ---- (iii) full-size model ------------------------------------------------------------------------------
-def measure_bandwidth(args) -> dict[str, float]:
+def measure_bandwidth(args) -> dict[str, tuple[float, float]]:
     """GB/s of streaming reads (sum) and copies over a buffer much larger than the caches; median of 3."""
     nbytes = int(args.bw_gb * 1e9)
     out = {}
     x = torch.empty(nbytes // 2, dtype=torch.bfloat16)
     x.copy_(torch.randn(1 << 20).to(torch.bfloat16).repeat(x.numel() // (1 << 20) + 1)[: x.numel()])
-    t, _ = timed(x.sum, 3)
-    out["bf16 sum (read)"] = nbytes / t / 1e9
+    r = timed(x.sum, 3)
+    out["bf16 sum (read)"] = nbytes / r.median / 1e9, r.other_cpu
     y = torch.empty_like(x)
-    t, _ = timed(functools.partial(y.copy_, x), 3)
-    out["bf16 copy (read+write)"] = 2 * nbytes / t / 1e9
-    t, _ = timed(x.view(torch.float32).sum, 3)  # the same bytes read as float32
-    out["fp32 sum (read)"] = nbytes / t / 1e9
+    r = timed(functools.partial(y.copy_, x), 3)
+    out["bf16 copy (read+write)"] = 2 * nbytes / r.median / 1e9, r.other_cpu
+    r = timed(x.view(torch.float32).sum, 3)  # the same bytes read as float32
+    out["fp32 sum (read)"] = nbytes / r.median / 1e9, r.other_cpu
     del x, y
     gc.collect()
     return out
 
 
-def gemv_bandwidth(cfg: DecoderConfig, dtype: torch.dtype) -> float:
+def gemv_bandwidth(cfg: DecoderConfig, dtype: torch.dtype) -> tuple[float, float]:
     """Effective weight-read GB/s of one decode-shaped F.linear (1 token) at the MLP up-projection shape."""
     w = torch.randn(cfg.intermediate_size, cfg.hidden_size).to(dtype)
     x = torch.randn(1, cfg.hidden_size).to(dtype)
-    t, _ = timed(functools.partial(F.linear, x, w), 20, warmup=3)
-    return w.numel() * w.element_size() / t / 1e9
+    r = timed(functools.partial(F.linear, x, w), 20, warmup=3)
+    return w.numel() * w.element_size() / r.median / 1e9, r.other_cpu
 
 
 def decode_bytes(model: UniX) -> tuple[int, dict[str, int]]:

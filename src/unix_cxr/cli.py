@@ -6,12 +6,18 @@ Bad input ends with one line on stderr naming the problem and exit status 2 (no 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 import torch
 
 log = logging.getLogger("unix_cxr")
+
+# Modules that add their own subcommands: each has `add_cli(subparsers)`; the handler it sets as `func` takes the
+# parsed arguments and returns the exit status.
+TOP_LEVEL_COMMANDS: tuple[str, ...] = ()
+DATA_COMMANDS: tuple[str, ...] = ()  # under `unix-cxr data ...`
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -65,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print a preset configuration as YAML")
     p.add_argument("preset", choices=["unix-full", "tiny"])
     p.set_defaults(func=_cmd_config)
+
+    if DATA_COMMANDS:
+        data = sub.add_parser("data", help="data preparation: cleaning, image preview, phantoms, datasets")
+        data_sub = data.add_subparsers(dest="data_command", required=True)
+        for module in DATA_COMMANDS:
+            importlib.import_module(module).add_cli(data_sub)
+    for module in TOP_LEVEL_COMMANDS:
+        importlib.import_module(module).add_cli(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: CheXpert labels, report and image metrics, results cards."""
