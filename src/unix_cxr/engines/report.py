@@ -106,8 +106,7 @@ class ReportGenerator:
         b = position.shape[0]
         current = torch.full((b,), self.tokens.bos, dtype=torch.long, device=position.device)
         done = torch.zeros(b, dtype=torch.bool, device=position.device)
-        out: list[list[int]] = [[] for _ in range(b)]
-        logits_per_step = []
+        chosen, logits_per_step = [], []
         for _ in range(max_new_tokens):
             hidden = model.decoder(model.embed_text(current[:, None]), position[:, None], None,
                                    CacheAttention(cache, causal=True, write=True))
@@ -115,15 +114,19 @@ class ReportGenerator:
             if keep_logits:
                 logits_per_step.append(logits.float().cpu())
             current = choose_next(logits, decoding, generator)
-            for row in torch.nonzero(~done).squeeze(1).tolist():
-                if int(current[row]) == self.tokens.eos:
-                    done[row] = True
-                else:
-                    out[row].append(int(current[row]))
+            chosen.append(current)
+            done |= current == self.tokens.eos
             if bool(done.all()):
                 break
             position += 1
-        return ReportOutput(out, done.tolist(), logits_per_step)
+        return ReportOutput(self._until_eos(chosen, b), done.tolist(), logits_per_step)
+
+    def _until_eos(self, chosen: list[torch.Tensor], batch: int) -> list[list[int]]:
+        """Per row, the chosen ids before the first EOS."""
+        if not chosen:
+            return [[] for _ in range(batch)]
+        rows = torch.stack(chosen, dim=1).tolist()  # (B, steps)
+        return [row[: row.index(self.tokens.eos)] if self.tokens.eos in row else row for row in rows]
 
     def generate(self, pixel_values: torch.Tensor, prompt_ids: list[list[int]], max_new_tokens: int | None = None,
                  generator: torch.Generator | None = None, **decoding_overrides) -> ReportOutput:
