@@ -225,3 +225,18 @@ def test_velocity_target_and_interpolation():
         out = training_forward(model, batch, noise=eps, timesteps=torch.tensor([0.7]))
     target = eps - x0.permute(1, 2, 0).reshape(4, 16)
     torch.testing.assert_close(out.mse, target ** 2)
+
+
+def test_generate_decodes_to_uint8_images(tiny_model):
+    from unix_cxr.model.vae import LatentVAE
+
+    vae = randomize(LatentVAE(tiny().vae), seed=3).eval()
+    engine = ImageGenerator(tiny_model, vae=vae)
+    g = lambda: torch.Generator().manual_seed(5)
+    images = engine.generate([[5, 6], [7]], 64, 64, generator=g())
+    assert images.shape == (2, 64, 64, 3) and images.dtype == torch.uint8
+    latents = engine.sample([[5, 6], [7]], 64, 64, generator=g())
+    expected = ((vae.decode(latents) / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1)
+    assert torch.equal(images, expected)
+    with pytest.raises(ValueError, match="needs a VAE"):
+        ImageGenerator(tiny_model).generate([[5]], 64, 64)

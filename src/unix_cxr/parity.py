@@ -22,7 +22,7 @@ from .engines.packing import Latent, Text, VitImage, pack
 from .engines.report import ReportGenerator
 from .engines.training import shift_timesteps, training_forward
 from .model.unix import UniX
-from .model.vae import LatentVAE, load_vae, to_01
+from .model.vae import LatentVAE, load_vae, to_01, to_uint8_hwc
 from .model.vision import normalize_pixels
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,7 @@ def case_sampling(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE
         decoded = vae.decode(latents.to(vae.dtype))
     cmp.check("decoded", decoded, t["output/decoded"], "image")
     cmp.check("decoded_01", to_01(decoded), t["output/decoded_01"], "image")
-    uint8 = (to_01(decoded)[0].permute(1, 2, 0) * 255).clamp(0, 255).to(torch.uint8)
-    cmp.check("image_uint8_hwc", uint8, t["output/image_uint8_hwc"], "uint8")
+    cmp.check("image_uint8_hwc", to_uint8_hwc(decoded)[0], t["output/image_uint8_hwc"], "uint8")
 
 
 def golden_training_samples(t: dict, meta: dict) -> list[list]:

@@ -20,6 +20,7 @@ from ..config import SamplingConfig
 from ..model.decoder import CacheAttention, KVCache
 from ..model.embeddings import latent_position_ids
 from ..model.unix import UniX
+from ..model.vae import LatentVAE, to_uint8_hwc
 
 
 def timestep_schedule(num_timesteps: int, shift: float) -> torch.Tensor:
@@ -65,8 +66,9 @@ class SamplingTrace:
 
 
 class ImageGenerator:
-    def __init__(self, model: UniX, sampling: SamplingConfig | None = None):
+    def __init__(self, model: UniX, sampling: SamplingConfig | None = None, vae: LatentVAE | None = None):
         self.model = model
+        self.vae = vae
         self.tokens = model.cfg.tokens
         self.sampling = sampling or model.cfg.sampling
         self.downsample = model.cfg.vae.downsample
@@ -145,3 +147,11 @@ class ImageGenerator:
             x = x - v * (t - t_next)
         return latents_to_nchw(x, *grid)
 
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[list[int]], height: int | None = None, width: int | None = None,
+                 generator: torch.Generator | None = None, **sampling_overrides) -> torch.Tensor:
+        """Prompts -> (B, H, W, 3) uint8 images: sample latents, then decode them with the VAE."""
+        if self.vae is None:
+            raise ValueError("ImageGenerator needs a VAE to decode images (pass vae=...); sample() returns latents")
+        latents = self.sample(prompt_ids, height, width, generator=generator, **sampling_overrides)
+        return to_uint8_hwc(self.vae.decode(latents.to(self.vae.dtype)))

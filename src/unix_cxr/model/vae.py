@@ -183,6 +183,11 @@ def to_01(images: torch.Tensor) -> torch.Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
+def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
+    """Decoded (B, 3, H, W) images in about [-1, 1] -> (B, H, W, 3) uint8, truncating as the authors do."""
+    return (to_01(images).float() * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 # ---- loading --------------------------------------------------------------------------------------------------
 def _resolve_file(path: Path) -> tuple[Path, Path | None]:
     """The safetensors file to read and the LDM config.yaml beside it (folders only)."""
