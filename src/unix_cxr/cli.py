@@ -16,8 +16,8 @@ log = logging.getLogger("unix_cxr")
 
 # Modules that add their own subcommands: each has `add_cli(subparsers)`; the handler it sets as `func` takes the
 # parsed arguments and returns the exit status.
-TOP_LEVEL_COMMANDS: tuple[str, ...] = ()
-DATA_COMMANDS: tuple[str, ...] = ()  # under `unix-cxr data ...`
+TOP_LEVEL_COMMANDS: tuple[str, ...] = ("unix_cxr.eval.label_cli",)
+DATA_COMMANDS: tuple[str, ...] = ("unix_cxr.data.preview_cli", "unix_cxr.data.clean_cli", "unix_cxr.data.phantom_cli")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
