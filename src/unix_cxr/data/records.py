@@ -1,0 +1,208 @@
+"""The one typed record every dataset adapter yields (`StudyRecord`), and its JSONL files.
+
+A `StudyRecord` is one radiology study: who (``patient_id``), which study (``study_id``), its images (paths
+relative to the data set's image root, POSIX separators), their view position, the report's FINDINGS and
+IMPRESSION text (single-line, either may be empty), the split (``train`` / ``val`` / ``test``, or ``None`` before
+`unix_cxr.data.adapters.assign_splits`), optional CheXpert labels (the 14 names of `unix_cxr.chexpert`) and
+``extra``, a small dict of source-specific fields that no writer relies on (for example the IU X-Ray MeSH tags).
+
+Files are JSON Lines, one record per line, with the field names above; `write_jsonl` writes any JSONL atomically
+(a temporary file next to the target, then `os.replace`), so a crash never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any
+
+from ..chexpert import check_labels
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""Split names, in the order `assign_splits` lays them on the unit interval."""
+
+FRONTAL_VIEWS: frozenset[str] = frozenset({"PA", "AP"})
+"""View positions that count as frontal (the paper trains on frontal radiographs only)."""
+
+# official split names of the public data sets -> ours (MIMIC-CXR: validate; CheXpert: valid)
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
+                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def normalize_split(value: str | None) -> str | None:
+    """Map an official split name to ``train`` / ``val`` / ``test``; empty or None -> None; else ValueError."""
+    if value is None or not str(value).strip():
+        return None
+    name = _SPLIT_ALIASES.get(str(value).strip().lower())
+    if name is None:
+        raise ValueError(f"unknown split {value!r} (expected one of {sorted(_SPLIT_ALIASES)})")
+    return name
+
+
+def is_frontal(view: str | None) -> bool:
+    """True for a PA or AP view position (case and surrounding blanks ignored)."""
+    return view is not None and view.strip().upper() in FRONTAL_VIEWS
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One study: images (relative paths) with its report sections, split and optional CheXpert labels.
+
+    ``view_position`` is the images' view when they agree (``"PA"``), else their distinct views joined by ``","``
+    in image order, or None when the source does not say.
+    """
+
+    patient_id: str
+    study_id: str
+    image_paths: list[str]
+    view_position: str | None
+    findings: str
+    impression: str
+    split: str | None = None
+    labels: dict[str, int | None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("patient_id", "study_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if not isinstance(self.image_paths, list) or not all(isinstance(p, str) and p for p in self.image_paths):
+            raise ValueError(f"image_paths must be a list of non-empty strings, got {self.image_paths!r}")
+        if self.view_position is not None and not isinstance(self.view_position, str):
+            raise ValueError(f"view_position must be a string or null, got {self.view_position!r}")
+        for name in ("findings", "impression"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or null, got {self.split!r}")
+        if self.labels is not None:
+            if not isinstance(self.labels, dict):
+                raise ValueError(f"labels must be an object or null, got {type(self.labels).__name__}")
+            check_labels(self.labels)
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be an object, got {type(self.extra).__name__}")
+
+    @property
+    def report(self) -> str:
+        """The cleaned form ``FINDINGS: ... IMPRESSION: ...`` (a missing section left out; "" when both are)."""
+        parts = [f"FINDINGS: {self.findings}" if self.findings else "",
+                 f"IMPRESSION: {self.impression}" if self.impression else ""]
+        return " ".join(p for p in parts if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with the field names as keys."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyRecord:
+        """The record of `to_dict` output; ValueError names a missing, unknown or mistyped field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        required = {"patient_id", "study_id", "image_paths", "view_position", "findings", "impression"}
+        missing = sorted(required - data.keys())
+        unknown = sorted(data.keys() - names)
+        if missing or unknown:
+            raise ValueError(f"record: missing {missing}, unknown {unknown}")
+        return cls(**data)
+
+
+_CLEANED = re.compile(r"(?:FINDINGS:\s*(?P<findings>.*?))?\s*(?:\bIMPRESSION:\s*(?P<impression>.*))?", re.DOTALL)
+
+
+def split_report(report: str) -> tuple[str, str]:
+    """(findings, impression) of the cleaned form ``FINDINGS: ... [IMPRESSION: ...]`` or ``IMPRESSION: ...``, the
+    inverse of `StudyRecord.report`; ValueError for text in neither form."""
+    text = report.strip()
+    match = _CLEANED.fullmatch(text)
+    if not text or match is None or not (text.startswith("FINDINGS:") or text.startswith("IMPRESSION:")):
+        raise ValueError(f"not in the form 'FINDINGS: ... IMPRESSION: ...': {report[:60]!r}")
+    return " ".join((match["findings"] or "").split()), " ".join((match["impression"] or "").split())
+
+
+def views_summary(views: Iterable[str | None]) -> str | None:
+    """`StudyRecord.view_position` for images with these views: the common one, else the distinct ones joined by
+    ``","`` in order (unknown views left out); None when no image's view is known."""
+    known = list(dict.fromkeys(v for v in views if v))
+    return ",".join(known) if known else None
+
+
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[IO[str]]:
+    """Open ``path`` for writing text (UTF-8, ``\\n`` newlines) through a temporary file that replaces it only when
+    the block ends without an exception; the parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            yield handle
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON object per line, atomically. Returns the number of lines."""
+    count = 0
+    with atomic_writer(path) as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write one JSON document (indented), atomically."""
+    with atomic_writer(path) as out:
+        json.dump(data, out, ensure_ascii=False, indent=1)
+        out.write("\n")
+
+
+def write_records(path: str | Path, records: Iterable[StudyRecord]) -> int:
+    """Write records as JSONL, atomically. Returns the number written."""
+    return write_jsonl(path, (r.to_dict() for r in records))
+
+
+def read_jsonl(path: str | Path, on_error: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, Any]]:
+    """(``"FILE:LINE"``, parsed value) for each non-blank line. A line that is not UTF-8 or not JSON raises
+    ValueError naming it, or, with ``on_error``, is passed to ``on_error(where, message)`` and skipped."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                if not line.strip():
+                    continue
+                value = json.loads(line)
+            except UnicodeDecodeError as err:
+                message = f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})"
+            except json.JSONDecodeError as err:
+                message = f"not valid JSON ({err.msg} at column {err.colno})"
+            else:
+                yield where, value
+                continue
+            if on_error is None:
+                raise ValueError(f"{where}: {message}")
+            on_error(where, message)
+
+
+def read_records(path: str | Path, on_error: Callable[[str, str], None] | None = None) -> Iterator[StudyRecord]:
+    """The records of a JSONL file written by `write_records`. A bad line raises ValueError naming it, or, with
+    ``on_error``, is reported as ``on_error(where, message)`` and skipped."""
+    for where, value in read_jsonl(path, on_error):
+        try:
+            yield StudyRecord.from_dict(value)
+        except (TypeError, ValueError) as err:
+            if on_error is None:
+                raise ValueError(f"{where}: {err}") from None
+            on_error(where, str(err))
