@@ -240,3 +240,12 @@ def test_generate_decodes_to_uint8_images(tiny_model):
     assert torch.equal(images, expected)
     with pytest.raises(ValueError, match="needs a VAE"):
         ImageGenerator(tiny_model).generate([[5]], 64, 64)
+
+
+def test_packed_sequences_may_exceed_the_position_limit_but_samples_may_not():
+    cfg = tiny()
+    cfg.decoder.max_position_embeddings = 12
+    short = [Text([5, 6, 7, 8])]  # 6 tokens each
+    assert pack([short, short, short], cfg).position_ids.numel() == 18  # positions restart per sample
+    with pytest.raises(ValueError, match="sample 1 has 13 tokens, more than max_position_embeddings 12"):
+        pack([short, [Text(list(range(11)))]], cfg)

@@ -101,12 +101,11 @@ def pack(samples: list[list[Text | VitImage | Latent]], cfg: UniXConfig) -> Pack
             else:
                 raise ValueError(f"unknown segment type {type(seg).__name__}")
             row += lens[-1]
+        if sum(lens) > cfg.decoder.max_position_embeddings:  # positions restart in every sample
+            raise ValueError(f"sample {len(splits)} has {sum(lens)} tokens, more than max_position_embeddings "
+                             f"{cfg.decoder.max_position_embeddings}")
         splits.append((lens, modes))
         positions += split_position_ids(lens, modes)
-
-    if row > cfg.decoder.max_position_embeddings:
-        raise ValueError(f"packed sequence of {row} tokens exceeds max_position_embeddings "
-                         f"{cfg.decoder.max_position_embeddings}")
     long = lambda xs: torch.tensor(list(xs), dtype=torch.long)
     return PackedBatch(
         layout=PackedLayout.from_splits(splits),
