@@ -360,3 +360,11 @@ def test_fd_real_vs_blurred_exceeds_real_vs_disjoint_real():
         fd_real = im.frechet_distance(fa, fb)
         fd_blur = im.frechet_distance(fa, fblur)
     assert fd_blur > fd_real
+
+
+def test_fd_of_a_rank_deficient_set_with_itself_is_zero():
+    """N < D: the covariance is singular and the square root amplifies rounding; the result must still be ~0."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):  # with the old 1e-9 bound some of these raised (rounding reaches ~6e-8 of the traces)
+        x = rng.normal(size=(8, 64)) * rng.uniform(0.1, 10)
+        assert 0.0 <= im.frechet_distance(x, x) < 1e-6 * np.trace(np.cov(x, rowvar=False))

@@ -16,8 +16,14 @@ log = logging.getLogger("unix_cxr")
 
 # Modules that add their own subcommands: each has `add_cli(subparsers)`; the handler it sets as `func` takes the
 # parsed arguments and returns the exit status.
-TOP_LEVEL_COMMANDS: tuple[str, ...] = ("unix_cxr.eval.label_cli",)
-DATA_COMMANDS: tuple[str, ...] = ("unix_cxr.data.preview_cli", "unix_cxr.data.clean_cli", "unix_cxr.data.phantom_cli")
+TOP_LEVEL_COMMANDS: tuple[str, ...] = ("unix_cxr.eval.label_cli", "unix_cxr.eval.eval_cli")
+DATA_COMMANDS: tuple[str, ...] = (
+    "unix_cxr.data.preview_cli",
+    "unix_cxr.data.clean_cli",
+    "unix_cxr.data.phantom_cli",
+    "unix_cxr.data.build_cli",
+    "unix_cxr.data.cache_cli",
+)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 

@@ -143,7 +143,8 @@ def frechet_distance_from_moments(mu1: ArrayLike, cov1: ArrayLike, mu2: ArrayLik
     """Fréchet distance between N(mu1, cov1) and N(mu2, cov2), float64.
 
     Raises ValueError for mismatched shapes, non-finite inputs, non-PSD covariances or a non-finite result.
-    A result that is negative only by rounding (``>= -1e-9 * (Tr cov1 + Tr cov2)``) is returned as 0.0.
+    A result that is negative only by rounding (``>= -1e-6 * (Tr cov1 + Tr cov2)``; square roots of near-zero
+    eigenvalues of rank-deficient covariances amplify float64 rounding to about sqrt(eps)) is returned as 0.0.
     """
     mu1, mu2 = (np.asarray(m, dtype=np.float64).ravel() for m in (mu1, mu2))
     cov1, cov2 = (np.asarray(c, dtype=np.float64) for c in (cov1, cov2))
@@ -160,7 +161,7 @@ def frechet_distance_from_moments(mu1: ArrayLike, cov1: ArrayLike, mu2: ArrayLik
     if not math.isfinite(fd):
         raise FloatingPointError(f"Fréchet distance is not finite ({fd}); feature magnitudes too large?")
     if fd < 0:
-        if fd < -1e-9 * max(traces, 1e-300):
+        if fd < -1e-6 * max(traces, 1e-300):
             raise FloatingPointError(f"Fréchet distance is negative ({fd:.3e}) beyond rounding")
         fd = 0.0
     return fd
