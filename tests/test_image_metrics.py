@@ -368,3 +368,58 @@ def test_fd_of_a_rank_deficient_set_with_itself_is_zero():
     for _ in range(50):  # with the old 1e-9 bound some of these raised (rounding reaches ~6e-8 of the traces)
         x = rng.normal(size=(8, 64)) * rng.uniform(0.1, 10)
         assert 0.0 <= im.frechet_distance(x, x) < 1e-6 * np.trace(np.cov(x, rowvar=False))
+
+
+# ---------------------------------------------------------------------------------------------------- FD fast path
+
+
+def _mp_fd(x: np.ndarray, y: np.ndarray) -> float:
+    """FD from features in 40-digit arithmetic (mpmath): the trace term as the nuclear norm of Xc Yc^T."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(40):
+        xs, ys = mpmath.matrix(x.tolist()), mpmath.matrix(y.tolist())
+        (n, d), m = x.shape, y.shape[0]
+        mx = [mpmath.fsum(xs[i, j] for i in range(n)) / n for j in range(d)]
+        my = [mpmath.fsum(ys[i, j] for i in range(m)) / m for j in range(d)]
+        xc, yc = mpmath.matrix(n, d), mpmath.matrix(m, d)
+        for j in range(d):
+            for i in range(n):
+                xc[i, j] = xs[i, j] - mx[j]
+            for i in range(m):
+                yc[i, j] = ys[i, j] - my[j]
+        trace_sqrt = mpmath.fsum(mpmath.svd_r(xc * yc.T, compute_uv=False)) / mpmath.sqrt((n - 1) * (m - 1))
+        traces = (mpmath.fsum(v**2 for v in xc) / (n - 1) + mpmath.fsum(v**2 for v in yc) / (m - 1))
+        return float(mpmath.fsum((a - b) ** 2 for a, b in zip(mx, my, strict=True)) + traces - 2 * trace_sqrt)
+
+
+@pytest.mark.filterwarnings("ignore:.*N <= D:RuntimeWarning")
+def test_fd_svd_and_eigh_paths_agree_with_fewer_samples_than_dimensions():
+    x, y = _features(41, 12, 40), _features(42, 15, 40, shift=0.2, scale=1.3)
+    svd, eigh = im.frechet_distance(x, y, method="svd"), im.frechet_distance(x, y, method="eigh")
+    assert im.frechet_distance(x, y) == svd  # auto: min(N) < D -> the SVD path
+    # The SVD path is exact to rounding; the eigen path of the singular D x D covariances amplifies float64
+    # rounding to about sqrt(eps) (measured 2e-8 to 4e-8 relative at D = 64..2048): it meets the SVD path at 1e-6.
+    assert _rel(svd, _mp_fd(x, y)) <= 1e-12
+    assert _rel(eigh, svd) <= 1e-6
+    assert im.trace_sqrt_product_from_features(x, x) == pytest.approx(np.trace(np.cov(x, rowvar=False)), rel=1e-12)
+
+
+def test_fd_svd_and_eigh_paths_agree_with_more_samples_than_dimensions():
+    x, y = _features(43, 300, 32), _features(44, 250, 32, shift=-0.4, scale=0.7)
+    svd, eigh = im.frechet_distance(x, y, method="svd"), im.frechet_distance(x, y, method="eigh")
+    assert im.frechet_distance(x, y) == eigh  # auto: N > D -> the eigen path
+    assert _rel(svd, eigh) <= 1e-9
+    with pytest.raises(ValueError, match="method"):
+        im.frechet_distance(x, y, method="sqrtm")
+
+
+def test_fd_auto_path_never_forms_covariances_when_n_below_d(monkeypatch):
+    def forbidden(*_: object) -> float:
+        raise AssertionError("the D x D eigen path was used")
+
+    monkeypatch.setattr(im, "trace_sqrt_product", forbidden)
+    x, y = _features(45, 10, 64), _features(46, 12, 64, shift=1.0)
+    with pytest.warns(RuntimeWarning, match="N <= D"):
+        assert im.frechet_distance(x, y) > 0
+    with pytest.raises(im.InsufficientSamplesError, match="at least 2"):
+        im.frechet_distance(x[:1], y)

@@ -4,6 +4,8 @@
                           [--chexbert-tokenizer DIR]] [--bootstrap N] [--seed S] [--no-meteor] -o OUTDIR
     unix-cxr eval images --real DIR --fake DIR [--encoder inception [PATH] | --encoder raddino PATH]
                          [--shards N] [--labels FILE [--fake-labels FILE]] [--seed S] -o OUTDIR
+    unix-cxr eval cycle --release DIR (--reports FILE | --images DIR) [--labeler ...] [--encoder ...] -o OUTDIR
+                        (cycle consistency of a release's UniX, `unix_cxr.eval.cycle`; card, items.jsonl, images/)
 
 Both write, atomically (a temporary file beside each target, then ``os.replace``; ``results.json`` last):
 
@@ -964,7 +966,7 @@ def _cmd_images(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``eval`` group (``reports``, ``images``) to the top-level ``unix-cxr`` subcommands."""
+    """Add the ``eval`` group (``reports``, ``images``, ``cycle``) to the top-level ``unix-cxr`` subcommands."""
     group = subparsers.add_parser("eval", help="report and image metrics with a results card (JSON, Markdown, PNG)",
                                   description="Evaluate generated reports or images; writes OUTDIR/results.json, "
                                               "OUTDIR/results.md and PNG plots (docs/evaluation.md).")
@@ -1013,3 +1015,116 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_images)
+    _add_cycle_cli(sub)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# unix-cxr eval cycle (unix_cxr.eval.cycle through a release folder)
+# --------------------------------------------------------------------------------------------------------------
+
+_CYCLE_OPTIONS = (("release", "--release"), ("reports", "--reports"), ("images", "--images"),
+                  ("labeler", "--labeler"), ("chexbert_tokenizer", "--chexbert-tokenizer"), ("encoder", "--encoder"),
+                  ("seed", "--seed"), ("image_size", "--image-size"), ("num_timesteps", "--num-timesteps"),
+                  ("max_new_tokens", "--max-new-tokens"), ("special_tokens", "--special-tokens"),
+                  ("fd_min_images", "--fd-min-images"), ("batch_size", "--batch-size"), ("dtype", "--dtype"),
+                  ("device", "--device"), ("output", "-o"))
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cmd_cycle(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint.release import load_release
+    from ..config import SpecialTokens
+    from ..data.imageio import read_image
+    from ..data.transforms import as_uint8_grey
+    from . import cycle
+
+    labeler, labeler_desc = _make_labeler(args)
+    if args.reports:
+        if not Path(args.reports).is_file():
+            raise FileNotFoundError(f"--reports {args.reports} does not exist or is not a file")
+        source = read_reports(args.reports, "ref")  # CSV: 'Ground Truth', else 'Report Impression'
+        inputs: dict[str, Any] = {"reports": source.describe()}
+    else:
+        paths = list_images(args.images, "--images")
+        if len({p.stem for p in paths}) != len(paths):
+            raise ValueError(f"--images {args.images}: two files share a name stem (ids are file stems)")
+        images = {p.stem: as_uint8_grey(read_image(p)) for p in _progress(paths, "reading images",
+                                                                             not args.no_progress, unit="image")}
+        inputs = {"images": {"dir": str(args.images), "n_images": len(paths),
+                             "file_list_sha256": sha256_file_list(paths)}}
+    dtype = {"auto": torch.float32 if str(args.device) == "cpu" else torch.bfloat16, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    tokens = SpecialTokens(*args.special_tokens) if args.special_tokens else None
+    release = load_release(args.release, dtype=dtype, device=args.device, tokens=tokens)
+    pipeline = cycle.UniXPipeline(
+        release.model, release.vae, release.tokenizer, image_size=args.image_size, batch_size=args.batch_size,
+        decoding={"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None,
+        sampling={"num_timesteps": args.num_timesteps} if args.num_timesteps else None, progress=not args.no_progress)
+    encoder_desc = None
+    if args.reports:
+        result: Any = cycle.report_image_report(pipeline, source.reports, labeler, args.seed)
+    else:
+        encoder, encoder_desc = make_encoder(args.encoder or ["inception"], device=args.device,
+                                             batch_size=args.batch_size)
+        result = cycle.image_report_image(pipeline, images, labeler, encoder, args.seed,
+                                          fd_min_images=args.fd_min_images)
+    card = _base_card("cycle", _command_line(args, _CYCLE_OPTIONS, "cycle"), _arguments(args))
+    card.update(result.to_dict(with_items=False))
+    weights = Path(args.release) / "model.safetensors"
+    card.update(inputs=inputs, labeler=labeler_desc, encoder=encoder_desc, pipeline_settings=pipeline.describe(),
+                release={"path": str(args.release), "model_sha256": sha256_file(weights)},
+                seeds={"draw": args.seed, "read": pipeline.read_seed})
+    names = [f"images/{i:05d}.png" for i in range(len(result.items))]
+    items = "".join(json.dumps({**item.to_dict(), "image": name}, ensure_ascii=False, allow_nan=False) + "\n"
+                    for item, name in zip(result.items, names, strict=True))
+    extra: dict[str, bytes | str] = {"items.jsonl": items}
+    extra.update({name: _png(image) for name, image in zip(names, result.images, strict=True)})
+    out = write_outputs(args.output, card, cycle.results_markdown(card), extra=extra)
+    a = result.agreement
+    log.info("%s: mean label agreement %.3f (chance %s), exact match %.3f over %d items; wrote %s", card["cycle"],
+             a.mean_agreement, "-" if a.chance_mean_agreement is None else f"{a.chance_mean_agreement:.3f}",
+             a.exact_match, a.n_items, out)
+    return 0
+
+
+def _add_cycle_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cycle", help="cycle consistency of a release's UniX: report->image->report or "
+                                     "image->report->image",
+                       description="Draw from reports and read back (--reports), or read images, redraw and read "
+                                   "again (--images); compare the CheXpert labels (and, for images, encoder "
+                                   "features). Meaningful with trained weights only (docs/evaluation.md).")
+    p.add_argument("--release", required=True, metavar="DIR", help="UniX release folder (load_release layout)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--reports", metavar="FILE", help='report -> image -> report: JSONL {"id", "report"} or the '
+                                                        "authors' CSV")
+    what.add_argument("--images", metavar="DIR", help="image -> report -> image: a folder of radiographs "
+                                                      "(ids are file stems)")
+    p.add_argument("--labeler", nargs="+", metavar="KIND [PATH]",
+                   help="'rules' (default) or 'chexbert PATH' (a local chexbert.pth)")
+    p.add_argument("--chexbert-tokenizer", metavar="DIR", help="bert-base-uncased tokenizer folder for CheXbert")
+    p.add_argument("--encoder", nargs="+", metavar="NAME [PATH]",
+                   help="--images only: 'inception [PATH]' (default) or 'raddino PATH'")
+    p.add_argument("--fd-min-images", type=int, metavar="N",
+                   help="--images only: pairs needed for the FD (default: feature dimension + 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sampling (default 0)")
+    p.add_argument("--image-size", type=int, metavar="S", help="side of the drawn images (default: the release's)")
+    p.add_argument("--num-timesteps", type=int, metavar="N", help="sampling time grid points (default: release's)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="report length limit (default: release's)")
+    p.add_argument("--special-tokens", type=int, nargs=4, metavar=("BOS", "EOS", "BOI", "EOI"),
+                   help="special-token ids, for a model with another vocabulary than the released one")
+    p.add_argument("--batch-size", type=int, default=4, help="images or reports per engine call (default 4)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="model dtype (auto: float32 on cpu, bfloat16 elsewhere)")
+    p.add_argument("--device", default="cpu", help="torch device for the model, CheXbert and the encoder")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_cycle)

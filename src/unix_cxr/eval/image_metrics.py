@@ -5,7 +5,9 @@ Features in, numbers out; every statistic is computed in float64 whatever the fe
 * :func:`frechet_distance` -- ``||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2})`` with unbiased (N - 1)
   covariances; ``Tr (S_r S_g)^{1/2}`` is taken as the sum of the square roots of the eigenvalues of the
   symmetric PSD matrix ``S_r^{1/2} S_g S_r^{1/2}`` (same spectrum as ``S_r S_g``), which is stable where
-  ``scipy.linalg.sqrtm`` of the non-symmetric product returns complex noise.
+  ``scipy.linalg.sqrtm`` of the non-symmetric product returns complex noise. From features with fewer samples
+  than dimensions (``min(N_r, N_g) < D``) the same trace is exact and much cheaper as the sum of the singular
+  values of ``X_c Y_c^T / sqrt((N_r - 1)(N_g - 1))`` (centred features): no D x D matrix is formed.
 * :func:`kernel_distance` -- unbiased MMD^2 with the polynomial kernel ``(x.y / dim + 1)^3``, averaged over
   ``n_subsets = 100`` random subsets of ``subset_size = min(N_real, N_fake)`` (torchmetrics'
   ``KernelInceptionDistance`` algorithm, seeded numpy RNG instead of ``torch.randperm``).
@@ -80,6 +82,19 @@ def _same_dim(real: np.ndarray, fake: np.ndarray) -> None:
         raise ValueError(f"real features have dimension {real.shape[1]} but generated ones {fake.shape[1]}")
 
 
+def _check_sample_count(x: np.ndarray, what: str, stacklevel: int = 3) -> None:
+    """InsufficientSamplesError for N < 2; for N <= D a warning (logged and issued) that the covariance is singular
+    and the Fréchet distance biased."""
+    n, d = x.shape
+    if n < 2:
+        raise InsufficientSamplesError(f"{what}: {n} feature vector(s); a covariance needs at least 2")
+    if n <= d:
+        msg = (f"{what}: {n} samples for {d}-dimensional features (N <= D): the covariance is singular and the "
+               "Fréchet distance is biased; use more images than feature dimensions for comparable numbers")
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
+
+
 @dataclass(frozen=True)
 class GaussianMoments:
     """Mean (D,) and unbiased covariance (D, D) of N feature vectors, float64."""
@@ -96,14 +111,8 @@ def feature_moments(features: ArrayLike, what: str = "features") -> GaussianMome
     distance is still defined and computed, but it is strongly biased upwards, so a warning is logged and issued.
     """
     x = as_features(features, what)
-    n, d = x.shape
-    if n < 2:
-        raise InsufficientSamplesError(f"{what}: {n} feature vector(s); a covariance needs at least 2")
-    if n <= d:
-        msg = (f"{what}: {n} samples for {d}-dimensional features (N <= D): the covariance is singular and the "
-               "Fréchet distance is biased; use more images than feature dimensions for comparable numbers")
-        log.warning(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    _check_sample_count(x, what)
+    n = x.shape[0]
     mean = x.mean(axis=0)
     centred = x - mean
     cov = centred.T @ centred / (n - 1)
@@ -157,7 +166,11 @@ def frechet_distance_from_moments(mu1: ArrayLike, cov1: ArrayLike, mu2: ArrayLik
     cov1, cov2 = (cov1 + cov1.T) / 2, (cov2 + cov2.T) / 2
     diff = mu1 - mu2
     traces = float(np.trace(cov1) + np.trace(cov2))
-    fd = float(diff @ diff) + traces - 2.0 * trace_sqrt_product(cov1, cov2)
+    return _checked_fd(float(diff @ diff) + traces - 2.0 * trace_sqrt_product(cov1, cov2), traces)
+
+
+def _checked_fd(fd: float, traces: float) -> float:
+    """``fd`` if finite and non-negative; 0.0 when negative only by rounding (``>= -1e-6 * traces``)."""
     if not math.isfinite(fd):
         raise FloatingPointError(f"Fréchet distance is not finite ({fd}); feature magnitudes too large?")
     if fd < 0:
@@ -167,13 +180,42 @@ def frechet_distance_from_moments(mu1: ArrayLike, cov1: ArrayLike, mu2: ArrayLik
     return fd
 
 
-def frechet_distance(real: ArrayLike, fake: ArrayLike) -> float:
-    """Fréchet distance between the Gaussians fitted to two feature sets (each needs N >= 2)."""
-    r = feature_moments(real, "real features")
-    f = feature_moments(fake, "generated features")
-    if r.mean.size != f.mean.size:
-        raise ValueError(f"real features have dimension {r.mean.size} but generated ones {f.mean.size}")
-    return frechet_distance_from_moments(r.mean, r.cov, f.mean, f.cov)
+def trace_sqrt_product_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """``Tr (S_r S_g)^{1/2}`` of the unbiased covariances of two feature sets, without forming them.
+
+    With centred features X (n, D) and Y (m, D), ``S_r S_g = X^T X Y^T Y / ((n-1)(m-1))`` has the same non-zero
+    eigenvalues as ``(X Y^T)(X Y^T)^T / ((n-1)(m-1))``, so the trace of its square root is the sum of the singular
+    values of ``X Y^T`` divided by ``sqrt((n-1)(m-1))`` -- exact, with an (n, m) SVD instead of D x D
+    eigendecompositions. ``real``, ``fake``: float64 (N, D) arrays with N >= 2.
+    """
+    xc, yc = real - real.mean(axis=0), fake - fake.mean(axis=0)
+    singular = np.linalg.svd(xc @ yc.T, compute_uv=False)
+    return float(singular.sum()) / math.sqrt((real.shape[0] - 1) * (fake.shape[0] - 1))
+
+
+def frechet_distance(real: ArrayLike, fake: ArrayLike, *, method: str = "auto") -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets (each needs N >= 2).
+
+    ``method``: ``"eigh"`` builds both D x D covariances and takes :func:`trace_sqrt_product`; ``"svd"`` takes
+    :func:`trace_sqrt_product_from_features` (the (N_r, N_g) singular values; same number up to rounding);
+    ``"auto"`` (default) uses ``"svd"`` when ``min(N_r, N_g) < D`` -- e.g. 200 Inception features of 2048
+    dimensions -- and ``"eigh"`` otherwise.
+    """
+    if method not in ("auto", "eigh", "svd"):
+        raise ValueError(f"method must be 'auto', 'eigh' or 'svd', got {method!r}")
+    x, y = as_features(real, "real features"), as_features(fake, "generated features")
+    _same_dim(x, y)
+    if method == "auto":
+        method = "svd" if min(x.shape[0], y.shape[0]) < x.shape[1] else "eigh"
+    if method == "eigh":
+        r, f = feature_moments(x, "real features"), feature_moments(y, "generated features")
+        return frechet_distance_from_moments(r.mean, r.cov, f.mean, f.cov)
+    _check_sample_count(x, "real features")
+    _check_sample_count(y, "generated features")
+    diff = x.mean(axis=0) - y.mean(axis=0)
+    traces = float(np.square(x - x.mean(axis=0)).sum() / (x.shape[0] - 1)
+                   + np.square(y - y.mean(axis=0)).sum() / (y.shape[0] - 1))
+    return _checked_fd(float(diff @ diff) + traces - 2.0 * trace_sqrt_product_from_features(x, y), traces)
 
 
 # --------------------------------------------------------------------------------------------------------------
