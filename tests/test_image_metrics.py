@@ -345,21 +345,37 @@ def _blur(imgs: np.ndarray, radius: float) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(radius))) for a in imgs])
 
 
-@pytest.mark.slow
 @needs_inception
 @pytest.mark.skipif(not MHH.is_dir(), reason="../shared/data/real_cxr/mhh is not present")
-def test_fd_real_vs_blurred_exceeds_real_vs_disjoint_real():
-    # Smaller version of benchmarks/check_fd_real.py: 48 images per set (N < 2048, so FD is biased but comparable).
+def test_eval_images_real_vs_blurred_exceeds_real_vs_disjoint_real(tmp_path, capsys):
+    """`unix-cxr eval images` with the wheel's Inception: a blurred copy of real set A is farther from A than a
+    disjoint real set B is (32 images per set; smaller version of benchmarks/check_fd_real.py)."""
+    import json
+
+    from PIL import Image
+
+    from unix_cxr.cli import main
+
     paths = sorted(glob.glob(str(MHH / "*.png")))
     order = np.random.default_rng(0).permutation(len(paths))
-    a = im.load_images([paths[i] for i in order[:48]])
-    b = im.load_images([paths[i] for i in order[48:96]])
-    enc = im.InceptionEncoder()
-    with pytest.warns(RuntimeWarning):
-        fa, fb, fblur = (im.extract_features(enc, s, progress=False) for s in (a, b, _blur(a, 4.0)))
-        fd_real = im.frechet_distance(fa, fb)
-        fd_blur = im.frechet_distance(fa, fblur)
-    assert fd_blur > fd_real
+    sets = {"a": order[:32], "b": order[32:64]}
+    for name, idx in sets.items():
+        (tmp_path / name).mkdir()
+        for i in idx:
+            Image.open(paths[i]).save(tmp_path / name / Path(paths[i]).name)
+    (tmp_path / "a_blur").mkdir()
+    for i in sets["a"]:
+        Image.fromarray(_blur(np.asarray(Image.open(paths[i]).convert("L"))[None], 4.0)[0]).save(
+            tmp_path / "a_blur" / Path(paths[i]).name)
+
+    def fd(fake: str) -> float:
+        out = tmp_path / f"out_{fake}"
+        rc = main(["eval", "images", "--real", str(tmp_path / "a"), "--fake", str(tmp_path / fake),
+                   "--encoder", "inception", "--no-progress", "-o", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        return json.loads((out / "results.json").read_text())["image_metrics"]["fd"]
+
+    assert fd("a_blur") > fd("b")
 
 
 def test_fd_of_a_rank_deficient_set_with_itself_is_zero():
