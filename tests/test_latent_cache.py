@@ -193,7 +193,7 @@ def test_bad_images_recorded_and_run_goes_on(dataset: Path, vae: LatentVAE, tmp_
     failed = {f["id"]: f["error"] for f in summary.failed}
     assert summary.cached == N_IMAGES
     assert set(failed) == {"images/junk", f"{root / 'captions.jsonl'}:3", "images/missing", "images/1"}
-    assert "no such file" in failed["images/missing"] and "malformed JSON" in failed[f"{root / 'captions.jsonl'}:3"]
+    assert "no such file" in failed["images/missing"] and "not valid JSON" in failed[f"{root / 'captions.jsonl'}:3"]
     assert "already names another image" in failed["images/1"]
     assert LatentCache(tmp_path / "c").failed == summary.failed
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .cleaning import RULE_NAMES, CleanResult, LLMRewriter, clean_report
+from .records import iter_jsonl_lines
 
 log = logging.getLogger(__name__)
 
@@ -67,36 +68,23 @@ def iter_folder(folder: Path) -> tuple[int, Iterator[Item]]:
 
 def iter_jsonl(path: Path) -> tuple[int | None, Iterator[Item]]:
     """(None, items) for the lines of a JSONL file; blank lines are skipped, each bad line is one failed item."""
+    lines = iter_jsonl_lines(path)
 
     def items() -> Iterator[Item]:
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, 1):
-                where = f"{path}:{number}"
-                try:
-                    line = _decode(raw)
-                except ValueError as err:
-                    yield Item(where, None, None, str(err))
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield Item(where, None, None, f"not valid JSON ({err.msg} at column {err.colno})")
-                    continue
-                if not isinstance(record, dict):
-                    yield Item(where, None, None, f"expected a JSON object, got {type(record).__name__}")
-                    continue
-                rid, text = record.get("id"), record.get("text")
-                missing = [key for key in ("id", "text") if record.get(key) is None]
-                if missing:
-                    yield Item(where, rid, None, f"missing {' and '.join(repr(k) for k in missing)}")
-                elif not isinstance(rid, (str, int)) or isinstance(rid, bool):
-                    yield Item(where, None, None, f"'id' must be a string or an integer, got {type(rid).__name__}")
-                elif not isinstance(text, str):
-                    yield Item(where, rid, None, f"'text' must be a string, got {type(text).__name__}")
-                else:
-                    yield Item(where, rid, text)
+        for line in lines:
+            where, record = line.where, line.obj
+            if line.error is not None:
+                yield Item(where, None, None, line.error)
+            elif not isinstance(record, dict):
+                yield Item(where, None, None, f"expected a JSON object, got {type(record).__name__}")
+            elif missing := [key for key in ("id", "text") if record.get(key) is None]:
+                yield Item(where, record.get("id"), None, f"missing {' and '.join(repr(k) for k in missing)}")
+            elif not isinstance(rid := record["id"], (str, int)) or isinstance(rid, bool):
+                yield Item(where, None, None, f"'id' must be a string or an integer, got {type(rid).__name__}")
+            elif not isinstance(text := record["text"], str):
+                yield Item(where, rid, None, f"'text' must be a string, got {type(text).__name__}")
+            else:
+                yield Item(where, rid, text)
 
     return None, items()
 

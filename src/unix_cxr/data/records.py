@@ -8,6 +8,8 @@ IMPRESSION text (single-line, either may be empty), the split (``train`` / ``val
 
 Files are JSON Lines, one record per line, with the field names above; `write_jsonl` writes any JSONL atomically
 (a temporary file next to the target, then `os.replace`), so a crash never leaves half a file behind.
+`iter_jsonl_lines` is the one JSONL line reader of the project (records, training sources, the clean / label /
+eval commands): each non-blank line parsed, or why it cannot be.
 """
 
 from __future__ import annotations
@@ -172,28 +174,62 @@ def write_records(path: str | Path, records: Iterable[StudyRecord]) -> int:
     return write_jsonl(path, (r.to_dict() for r in records))
 
 
-def read_jsonl(path: str | Path, on_error: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, Any]]:
-    """(``"FILE:LINE"``, parsed value) for each non-blank line. A line that is not UTF-8 or not JSON raises
-    ValueError naming it, or, with ``on_error``, is passed to ``on_error(where, message)`` and skipped."""
+@dataclass(frozen=True)
+class JsonlLine:
+    """One non-blank line of a JSONL file: where it is (``"FILE:LINE"``, 1-based ``number``) and either its parsed
+    value ``obj`` (any JSON value; ``error`` is None) or why it could not be parsed (``error`` set, ``obj`` None)."""
+
+    where: str
+    number: int
+    obj: Any = None
+    error: str | None = None
+
+
+def iter_jsonl_lines(path: str | Path) -> Iterator[JsonlLine]:
+    """Every non-blank line of a JSONL file as a `JsonlLine`, in file order: the project's one JSONL line reader.
+
+    Lines are split on ``\\n`` and decoded as UTF-8 (a byte-order mark on line 1 is allowed); a line that is not
+    UTF-8 (``not valid UTF-8 (byte 0x.. at offset N)``, N counted from the line's start) or not JSON (``not valid
+    JSON (MESSAGE at column N)``) comes back with ``error`` set and the reading goes on. Callers check the value
+    itself (an object, the fields they need). FileNotFoundError (raised by this call, not on the first line) if
+    ``path`` is not a file.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return _jsonl_lines(path)
+
+
+def _jsonl_lines(path: Path) -> Iterator[JsonlLine]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
             where = f"{path}:{number}"
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                if not line.strip():
-                    continue
-                value = json.loads(line)
             except UnicodeDecodeError as err:
-                message = f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})"
-            except json.JSONDecodeError as err:
-                message = f"not valid JSON ({err.msg} at column {err.colno})"
-            else:
-                yield where, value
+                yield JsonlLine(where, number, error=f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset "
+                                                     f"{err.start})")
                 continue
-            if on_error is None:
-                raise ValueError(f"{where}: {message}")
-            on_error(where, message)
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield JsonlLine(where, number, error=f"not valid JSON ({err.msg} at column {err.colno})")
+            else:
+                yield JsonlLine(where, number, value)
+
+
+def read_jsonl(path: str | Path, on_error: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, Any]]:
+    """(``"FILE:LINE"``, parsed value) for each non-blank line. A line that is not UTF-8 or not JSON raises
+    ValueError naming it, or, with ``on_error``, is passed to ``on_error(where, message)`` and skipped."""
+    for line in iter_jsonl_lines(path):
+        if line.error is None:
+            yield line.where, line.obj
+        elif on_error is None:
+            raise ValueError(f"{line.where}: {line.error}")
+        else:
+            on_error(line.where, line.error)
 
 
 def read_records(path: str | Path, on_error: Callable[[str, str], None] | None = None) -> Iterator[StudyRecord]:

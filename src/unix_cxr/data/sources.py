@@ -30,7 +30,6 @@ the loader's exact resume relies on it, and the choices do not depend on the ran
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from abc import ABC, abstractmethod
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from unix_cxr.config import UniXConfig
+from unix_cxr.data.records import iter_jsonl_lines
 from unix_cxr.engines.packing import Latent, Text, VitImage
 
 if TYPE_CHECKING:
@@ -127,33 +127,6 @@ def segment_num_tokens(segment: Segment, cfg: UniXConfig) -> int:
 def _resolve(image: str, root: Path) -> str:
     path = Path(image)
     return str(path if path.is_absolute() else root / path)
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any] | None, str | None]]:
-    """(where, object, error) for every non-blank line: error names what is wrong with the line."""
-    out: list[tuple[str, dict[str, Any] | None, str | None]] = []
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig")
-            except UnicodeDecodeError as err:
-                out.append((where, None, f"not valid UTF-8 (offset {err.start})"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                out.append((where, None, f"malformed JSON: {err.msg} at column {err.colno}"))
-                continue
-            if not isinstance(obj, dict):
-                out.append((where, None, f"expected a JSON object, got {type(obj).__name__}"))
-                continue
-            out.append((where, obj, None))
-    return out
 
 
 def _record_id(obj: dict[str, Any], image: str | None, where: str) -> str:
@@ -241,11 +214,13 @@ def _parse_lines(path: str | Path, image_root: str | Path | None,
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     out: list[tuple[str, Any, str | None]] = []
-    for where, obj, error in _read_jsonl(path):
-        record = None
-        if error is None:
+    for line in iter_jsonl_lines(path):
+        where, record, error = line.where, None, line.error
+        if error is None and not isinstance(line.obj, dict):
+            error = f"expected a JSON object, got {type(line.obj).__name__}"
+        elif error is None:
             try:
-                record = parse(obj, root, where)
+                record = parse(line.obj, root, where)
             except ValueError as err:
                 error = str(err)
         out.append((where, record, error))

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..chexpert import CHEXPERT_5, CHEXPERT_LABELS, check_labels
+from ..data.records import read_jsonl
 from . import image_metrics as im
 from . import report_metrics as rm
 
@@ -189,10 +190,9 @@ def _add_report(table: dict[str, str], rid: Any, text: Any, where: str) -> None:
     table[key] = text
 
 
-def _read_jsonl_reports(path: Path, raw: bytes) -> dict[str, str]:
+def _read_jsonl_reports(path: Path) -> dict[str, str]:
     from .label_cli import read_jsonl
 
-    _decode_utf8(raw, path)  # the whole file first: a clear error with its line number
     table: dict[str, str] = {}
     for line in read_jsonl(path):
         if line.error is not None:
@@ -244,7 +244,7 @@ def read_reports(path: str | Path, role: str = "pred") -> ReportFile:
         table, column = _read_csv_reports(path, raw, columns)
         fmt = "csv"
     else:
-        table, fmt = _read_jsonl_reports(path, raw), "jsonl"
+        table, fmt = _read_jsonl_reports(path), "jsonl"
     if not table:
         raise ValueError(f"--{role} {path}: no reports (empty file)")
     return ReportFile(path=path, format=fmt, column=column, sha256=hashlib.sha256(raw).hexdigest(), reports=table)
@@ -456,16 +456,8 @@ def read_image_labels(path: str | Path) -> dict[str, dict[str, int | None]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels file {path} does not exist or is not a file")
-    text = _decode_utf8(path.read_bytes(), path)
     table: dict[str, dict[str, int | None]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    for where, row in read_jsonl(path):
         if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("labels"), dict):
             raise ValueError(f"{where}: expected an object with 'id' and 'labels'")
         try:

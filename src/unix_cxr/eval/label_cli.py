@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..data.records import iter_jsonl_lines
 from .labeler import Labeler
 
 log = logging.getLogger(__name__)
@@ -45,35 +46,20 @@ class Line:
 
 def read_jsonl(path: Path) -> Iterator[Line]:
     """The lines of a report JSONL file; each bad line is a `Line` with ``error`` set (blank lines are skipped)."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            where = f"{path}:{number}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield Line(where, error=f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})")
-                continue
-            text = text.lstrip("\ufeff") if number == 1 else text
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield Line(where, error=f"not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(record, dict):
-                yield Line(where, error=f"expected a JSON object, got {type(record).__name__}")
-                continue
-            missing = [key for key in ("id", "report") if key not in record or record[key] is None]
-            rid, report = record.get("id"), record.get("report")
-            if missing:
-                yield Line(where, error=f"missing {' and '.join(repr(k) for k in missing)}")
-            elif not isinstance(rid, (str, int)) or isinstance(rid, bool):
-                yield Line(where, error=f"'id' must be a string or an integer, got {type(rid).__name__}")
-            elif not isinstance(report, str):
-                yield Line(where, rid, error=f"'report' must be a string, got {type(report).__name__}")
-            else:
-                yield Line(where, rid, report)
+    for line in iter_jsonl_lines(path):
+        where, record = line.where, line.obj
+        if line.error is not None:
+            yield Line(where, error=line.error)
+        elif not isinstance(record, dict):
+            yield Line(where, error=f"expected a JSON object, got {type(record).__name__}")
+        elif missing := [key for key in ("id", "report") if record.get(key) is None]:
+            yield Line(where, error=f"missing {' and '.join(repr(k) for k in missing)}")
+        elif not isinstance(rid := record["id"], (str, int)) or isinstance(rid, bool):
+            yield Line(where, error=f"'id' must be a string or an integer, got {type(rid).__name__}")
+        elif not isinstance(report := record["report"], str):
+            yield Line(where, rid, error=f"'report' must be a string, got {type(report).__name__}")
+        else:
+            yield Line(where, rid, report)
 
 
 def label_file(source: Path, output: Path, labeler: Labeler | None = None, progress: bool = True) -> \
