@@ -7,7 +7,8 @@
         text context at every Euler step (no cache) and runs the conditional and unconditional branches as
         two separate forwards; same noise, steps and CFG settings; the latents are compared;
   (iii) the `unix-full` preset with random bf16 weights: peak RSS, seconds per decoded token (report-only
-        and full model), seconds per denoising step (full model), and the memory-bandwidth bound of decoding.
+        and full model), seconds per denoising step (full model), and the memory-bandwidth bound of decoding;
+  kern  the CPU kernels behind (iii) at full-size shapes: GEMM GFLOP/s in fp32 and bf16, decode attention.
 
 Usage: python benchmarks/bench_core.py [--quick] [--skip-full] [--json out.json]; see --help for sizes.
 Every figure is printed in one table at the end, each with what was measured.
@@ -41,7 +42,7 @@ from unix_cxr.config import DecoderConfig, SpecialTokens, UniXConfig, VisionConf
 from unix_cxr.engines.image import ImageGenerator, cfg_combine, in_cfg_interval, timestep_schedule
 from unix_cxr.engines.report import ReportGenerator
 from unix_cxr.model.decoder import RMSNorm
-from unix_cxr.model.embeddings import PositionTable, latent_position_ids, sincos_2d_table
+from unix_cxr.model.embeddings import latent_position_ids
 from unix_cxr.model.masks import PackedLayout, split_position_ids
 from unix_cxr.model.unix import UniX
 
@@ -119,16 +120,18 @@ QUIET = {"threshold": 0.10, "max_wait": 0.0}
 
 def wait_quiet() -> None:
     """Wait (at most QUIET['max_wait'] s) until other processes use < threshold of the CPU over 1 s."""
-    deadline = time.monotonic() + QUIET["max_wait"]
+    start = time.monotonic()
+    deadline, shares = start + QUIET["max_wait"], []
     while True:
         a = cpu_sample()
         time.sleep(1.0)
-        share = other_cpu_share(a, cpu_sample())
-        if share < QUIET["threshold"] or time.monotonic() >= deadline:
-            if share >= QUIET["threshold"]:
-                log.info("machine still busy (other processes %.0f%% CPU): measuring anyway", 100 * share)
+        shares.append(other_cpu_share(a, cpu_sample()))
+        if shares[-1] < QUIET["threshold"] or time.monotonic() >= deadline:
+            if len(shares) > 1:
+                log.info("waited %.0f s for other processes (mean %.0f%% CPU)%s", time.monotonic() - start,
+                         100 * statistics.mean(shares), "" if shares[-1] < QUIET["threshold"] else
+                         f"; still busy ({100 * shares[-1]:.0f}%): measuring anyway")
             return
-        log.info("other processes use %.0f%% CPU: waiting", 100 * share)
 
 
 @dataclass
@@ -150,6 +153,24 @@ def timed(fn, repeats: int, warmup: int = 1) -> Timing:
         fn()
         times.append(time.perf_counter() - t0)
     return Timing(statistics.median(times), times, other_cpu_share(start, cpu_sample()))
+
+
+def timed_interleaved(fns: dict[str, object], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+    """Like `timed` for several functions, run in turn (A B C A B C ...) so that drifts in machine speed and
+    load hit them alike; `other_cpu` is that of the whole group."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wait_quiet()
+    start = cpu_sample()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    other = other_cpu_share(start, cpu_sample())
+    return {name: Timing(statistics.median(ts), ts, other) for name, ts in times.items()}
 
 
 def timed_once(fn) -> tuple[float, float, object]:
@@ -223,14 +244,15 @@ def quick_config() -> UniXConfig:
 
 def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
     """Random weights without the per-element cost of normal_ on billions of elements: every tensor is tiled
-    from one random pool (values do not matter for speed). Norm weights 1, biases 0 (norms 1 + noise), position
-    tables sin-cos, ViT position ids arange. Works on a model materialised with to_empty."""
+    from one random pool (values do not matter for speed); norm weights 1 + 0.1 N(0, 1); then the fixed tables
+    (sin-cos positions, SigLIP position ids) are refilled. Works on a model materialised with to_empty."""
     g = torch.Generator().manual_seed(seed)
-    pool = (torch.randn(1 << 22, generator=g) * std)
-    done: set[int] = set()
+    pool = torch.randn(1 << 22, generator=g) * std
+    pools: dict[torch.dtype, torch.Tensor] = {}
 
     def tile_(t: torch.Tensor, offset: int) -> None:
-        flat, src = t.view(-1), pool.to(t.dtype)
+        src = pools.setdefault(t.dtype, pool.to(t.dtype))
+        flat = t.view(-1)
         pos, start = 0, offset % src.numel()
         while pos < flat.numel():
             k = min(src.numel() - start, flat.numel() - pos)
@@ -238,28 +260,15 @@ def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
             pos, start = pos + k, 0
 
     with torch.no_grad():
+        norms = set()
         for module in model.modules():
-            if isinstance(module, PositionTable):
-                n = module.pos_embed.shape[0]
-                module.pos_embed.copy_(sincos_2d_table(round(n ** 0.5), module.pos_embed.shape[1]))
-                done.add(id(module.pos_embed))
-            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+            if isinstance(module, (RMSNorm, nn.LayerNorm)):
                 module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=g))
-                done.add(id(module.weight))
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
-                    done.add(id(module.bias))
-            for name, buf in module.named_buffers(recurse=False):
-                if name == "position_ids":  # SigLIP embeddings (non-persistent arange)
-                    buf.copy_(torch.arange(buf.shape[-1]).expand_as(buf))
-        for i, (name, p) in enumerate(model.named_parameters()):
-            if id(p) in done:
-                continue
-            if name.endswith("bias"):
+                norms.add(id(module.weight))
+        for i, p in enumerate(model.parameters()):
+            if id(p) not in norms:
                 tile_(p, 7919 * i)
-                p.mul_(0.5)
-            else:
-                tile_(p, 7919 * i)
+        model.reset_fixed_tables()
     return model
 
 
@@ -331,21 +340,24 @@ def bench_report(args, base: UniX) -> None:
             ours = functools.partial(run_ours, gen, decoder_only, pixels, blocks, n_new, parts)
             theirs = functools.partial(run_hf, hf, hf_ids)
 
-            r_ours = timed(ours, args.repeats)
-            r_hf = timed(functools.partial(theirs, n_new), args.repeats)
-            r_hf1 = timed(functools.partial(theirs, 1), args.repeats)
+            runs = timed_interleaved({"ours": ours, "hf": functools.partial(theirs, n_new),
+                                      "hf1": functools.partial(theirs, 1)}, args.repeats)
+            r_ours, r_hf, r_hf1 = runs["ours"], runs["hf"], runs["hf1"]
             t_ours, t_hf, t_hf1 = r_ours.median, r_hf.median, r_hf1.median
             o_ours, o_hf = r_ours.other_cpu, max(r_hf.other_cpu, r_hf1.other_cpu)
             o_both = max(o_ours, o_hf)
             dec_ours = statistics.median(parts["decode"][1:])  # the warm-up call is not counted
             pre_ours = statistics.median(parts["prefill"][1:])
             what = (f"B={batch}, {n_new} new tokens, context {context} tokens (ours: image {context - len(blocks[0])}"
-                    f" + prompt block {len(blocks[0])}; HF: {context + 1} text tokens), median of {args.repeats}")
+                    f" + prompt block {len(blocks[0])}; HF: {context + 1} text tokens), median of {args.repeats}, "
+                    "runs interleaved with the other engine's")
             record("i", f"ours tokens/s {tag}", batch * n_new / t_ours, "tok/s",
                    "ReportGenerator prefill (ViT + image + prompt) + greedy decode; " + what, o_ours)
             record("i", f"HF generate tokens/s {tag}", batch * n_new / t_hf, "tok/s",
-                   "Qwen3ForCausalLM.generate(do_sample=False, eos_token_id=None), same weights; " + what, r_hf.other_cpu)
-            record("i", f"ratio ours/HF end-to-end {tag}", t_hf / t_ours, "x", "tokens/s ours / tokens/s HF", o_both)
+                   "Qwen3ForCausalLM.generate(do_sample=False, eos_token_id=None), same weights; " + what,
+                   r_hf.other_cpu)
+            record("i", f"ratio ours/HF end-to-end {tag}", t_hf / t_ours, "x", "tokens/s ours / tokens/s HF",
+                   o_both)
             hf_step = (t_hf - t_hf1) / max(1, n_new - 1)
             record("i", f"ours ms/decode step {tag}", 1e3 * dec_ours / n_new, "ms",
                    f"ReportGenerator.decode only / {n_new} steps (our prefill: {1e3 * pre_ours:.1f} ms)", o_ours)
@@ -426,7 +438,8 @@ def bench_sampling(args, base: UniX) -> None:
                                  results)
         naive = functools.partial(run_naive, model, prompt[0], noise, grid, sampling, results)
 
-        r_ours, r_naive = timed(ours, args.repeats), timed(naive, args.repeats)
+        runs = timed_interleaved({"ours": ours, "naive": naive}, args.repeats)
+        r_ours, r_naive = runs["ours"], runs["naive"]
         t_ours, t_naive = r_ours.median, r_naive.median
         ours_tokens = results["ours"].permute(0, 2, 3, 1).reshape(1, n, c)
         diff = (ours_tokens - results["naive"]).abs().max().item()
@@ -434,7 +447,7 @@ def bench_sampling(args, base: UniX) -> None:
                      for t in timestep_schedule(sampling.num_timesteps, sampling.timestep_shift).tolist()[:-1])
         what = (f"{dtype_name}, {args.sample_size} px = {grid[0]}x{grid[1]} latents, prompt block "
                 f"{args.prompt_len + 2} tokens, {sampling.num_timesteps - 1} Euler steps ({guided} with CFG "
-                f"{sampling.cfg_text_scale}), batch 1, median of {args.repeats}")
+                f"{sampling.cfg_text_scale}), batch 1, median of {args.repeats}, runs interleaved")
         record("ii", f"ours s/image {dtype_name}", t_ours, "s", "ImageGenerator.sample (cached text, cond+uncond "
                "batched); " + what, r_ours.other_cpu)
         record("ii", f"naive s/image {dtype_name}", t_naive, "s", "loop recomputing text every step, cond and "
@@ -463,12 +476,26 @@ def measure_bandwidth(args) -> dict[str, tuple[float, float]]:
     return out
 
 
-def gemv_bandwidth(cfg: DecoderConfig, dtype: torch.dtype) -> tuple[float, float]:
-    """Effective weight-read GB/s of one decode-shaped F.linear (1 token) at the MLP up-projection shape."""
-    w = torch.randn(cfg.intermediate_size, cfg.hidden_size).to(dtype)
-    x = torch.randn(1, cfg.hidden_size).to(dtype)
-    r = timed(functools.partial(F.linear, x, w), 20, warmup=3)
-    return w.numel() * w.element_size() / r.median / 1e9, r.other_cpu
+def matmul_floor(model: UniX, repeats: int) -> Timing:
+    """Seconds of the weight products alone of one decoded token (B = 1): F.linear of one row through every
+    understanding-expert projection and lm_head of `model`, in decoding order (distinct weights, so nothing
+    stays in cache). What the CPU's matmul kernels need for the weights, with no attention, norms or Python."""
+    dec = model.decoder
+    dtype = model.lm_head.weight.dtype
+    x = torch.randn(1, dec.cfg.hidden_size).to(dtype)
+    x_mid = torch.randn(1, dec.cfg.intermediate_size).to(dtype)
+    products = []
+    for layer in dec.layers:
+        u = layer.und
+        products += [(x, u.q_proj.weight), (x, u.k_proj.weight), (x, u.v_proj.weight), (x, u.o_proj.weight),
+                     (x, u.mlp.gate_proj.weight), (x, u.mlp.up_proj.weight), (x_mid, u.mlp.down_proj.weight)]
+    products.append((x, model.lm_head.weight))
+
+    def run() -> None:
+        for inp, w in products:
+            F.linear(inp, w)
+
+    return timed(run, repeats)
 
 
 def decode_bytes(model: UniX) -> tuple[int, dict[str, int]]:
@@ -498,26 +525,33 @@ def full_decode(args, cfg: UniXConfig, dtype: torch.dtype, with_generation: bool
     pixels = random_pixels(cfg, 1)
     blocks = [gen.prompt_block(random_ids(args.full_prompt_len, cfg, 1, seed=6)[0])]
     n_new = args.full_new_tokens
-    t0 = time.perf_counter()
-    state = gen.prefill(pixels, blocks, n_new + 2)
-    prefill_s = time.perf_counter() - t0
+    prefill_s, other, state = timed_once(functools.partial(gen.prefill, pixels, blocks, n_new + 2))
     lens0 = state.cache.lens.clone()
     context = int(lens0[0])
     record("iii", f"prefill {label}", prefill_s, "s", f"ViT on 3x{cfg.vision.image_size}^2 + {context} context "
-           "tokens into the KV cache, single run (first call)")
+           "tokens into the KV cache, single run (first call)", other)
 
     def decode() -> None:
         state.cache.lens = lens0.clone()
         out = decoder_only.decode(state, n_new)
         assert len(out.token_ids[0]) == n_new
 
-    t, times = timed(decode, args.full_repeats)
-    record("iii", f"s/decoded token {label}", t / n_new, "s", f"ReportGenerator.decode of {n_new} tokens after "
-           f"{context} context tokens, batch 1, median of {args.full_repeats} (runs: "
-           + ", ".join(f"{x / n_new:.3f}" for x in times) + ")")
+    r = timed(decode, args.full_repeats)
+    s_tok = r.median / n_new
+    record("iii", f"s/decoded token {label}", s_tok, "s", f"ReportGenerator.decode of {n_new} tokens after "
+           f"{context} context tokens, batch 1, median of {args.full_repeats} after 1 warm-up (runs: "
+           + ", ".join(f"{x / n_new:.3f}" for x in r.times) + ")", r.other_cpu)
     record("iii", f"peak RSS {label}", meter.peak() / 1e9, "GB", "VmHWM over build + prefill + decoding"
            + ("" if meter.exact else " (ru_maxrss: whole process)"))
-    return model, t / n_new
+    kv = state.cache.k.numel() * state.cache.k.element_size() * 2
+    record("iii", f"KV cache size {label}", kv / 1e9, "GB", f"preallocated for {state.cache.capacity} tokens")
+    floor = matmul_floor(model, args.full_repeats)
+    record("iii", f"matmul-only floor s/token {label}", floor.median, "s", "F.linear of 1 token through every und "
+           f"projection + lm_head of this model, nothing else, median of {args.full_repeats}", floor.other_cpu)
+    record("iii", f"ratio measured/matmul floor {label}", s_tok / floor.median, "x",
+           "s/decoded token / matmul-only floor: cost of attention, norms, RoPE, cache and Python on top",
+           max(r.other_cpu, floor.other_cpu))
+    return model, s_tok, context, floor.median
 
 
 def full_denoise(args, model: UniX, label: str) -> None:
@@ -528,41 +562,65 @@ def full_denoise(args, model: UniX, label: str) -> None:
     cond = sampler.encode_context(random_ids(args.full_prompt_len, model.cfg, 1, seed=7))
     both = cond.with_empty_rows(1)
     x = torch.randn(1, n, c, generator=torch.Generator().manual_seed(8))
-    t0 = time.perf_counter()
-    sampler.velocity(torch.cat([x, x]), 0.9, both, grid)
-    step_s = time.perf_counter() - t0
+    meter = PeakRSS()
+    step_s, other, _ = timed_once(functools.partial(sampler.velocity, torch.cat([x, x]), 0.9, both, grid))
     record("iii", f"s/denoising step {label}", step_s, "s", f"ImageGenerator.velocity with CFG (cond + uncond "
            f"batched = 2 x {n + 2} query tokens, {args.full_image_size} px = {grid[0]}x{grid[1]} latents, "
-           f"{int(cond.lens[0])} cached text tokens), single run (first call)")
+           f"{int(cond.lens[0])} cached text tokens), single run (first call)", other)
+    record("iii", f"peak RSS denoising step {label}", meter.peak() / 1e9, "GB", "VmHWM during the step")
+
+
+def bench_kernels(args) -> None:
+    """The CPU kernels that bound (iii), at the full preset's shapes: GEMM throughput in fp32 and bf16, and one
+    decode-step attention (1 query against the prefilled context) through SDPA in bf16 and fp32."""
+    cfg = quick_config().decoder if args.quick else unix_full().decoder
+    tokens = 2 * (args.full_image_size // 16) ** 2 + 4  # a CFG denoising step's query rows
+    for name in ("fp32", "bf16"):
+        dtype = DTYPES[name]
+        w = torch.randn(cfg.intermediate_size, cfg.hidden_size).to(dtype)
+        x = torch.randn(tokens, cfg.hidden_size).to(dtype)
+        r = timed(functools.partial(F.linear, x, w), 3)
+        record("kern", f"GEMM GFLOP/s {name}", 2 * tokens * w.numel() / r.median / 1e9, "GFLOP/s",
+               f"F.linear({tokens} x {cfg.hidden_size}, {cfg.intermediate_size} x {cfg.hidden_size}), median of 3",
+               r.other_cpu)
+    context = 2 + (unix_full().vision.num_patches if not args.quick else 16) + args.full_prompt_len + 3
+    head_dim = cfg.hidden_size // cfg.num_heads
+    for name in ("bf16", "fp32"):
+        dtype = DTYPES[name]
+        q = torch.randn(1, cfg.num_heads, 1, head_dim).to(dtype)
+        k = torch.randn(1, cfg.num_kv_heads, context, head_dim).to(dtype)
+        v = torch.randn(1, cfg.num_kv_heads, context, head_dim).to(dtype)
+        r = timed(functools.partial(F.scaled_dot_product_attention, q, k, v), 20)
+        record("kern", f"decode attention per layer {name}", 1e3 * r.median, "ms",
+               f"SDPA of 1 query, {cfg.num_heads} heads x {head_dim}, {context} keys (x {cfg.num_layers} layers = "
+               f"{1e3 * r.median * cfg.num_layers:.1f} ms per token), median of 20", r.other_cpu)
 
 
 def bench_full(args) -> None:
     dtype = DTYPES[args.full_dtype]
     cfg = quick_config() if args.quick else unix_full()
     bw = measure_bandwidth(args)
-    for k, v in bw.items():
-        record("iii", f"memory bandwidth {k}", v, "GB/s", f"{args.bw_gb:g} GB buffer, 2 threads, median of 3")
-    best = max(bw["bf16 sum (read)"], bw["fp32 sum (read)"])
-    gemv = gemv_bandwidth(cfg.decoder, dtype)
-    record("iii", f"gemv weight-read bandwidth {args.full_dtype}", gemv, "GB/s",
-           f"F.linear(1 x {cfg.decoder.hidden_size}, {cfg.decoder.intermediate_size} x {cfg.decoder.hidden_size}) "
-           "weight bytes / time: what the CPU's matmul kernel reaches on one decode-shaped product")
+    for k, (v, other) in bw.items():
+        record("iii", f"memory bandwidth {k}", v, "GB/s",
+               f"{args.bw_gb:g} GB buffer, {torch.get_num_threads()} threads, median of 3", other)
+    best = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
 
-    model, s_tok = full_decode(args, cfg, dtype, with_generation=False, label="report-only")
+    model, s_tok, context, floor_s = full_decode(args, cfg, dtype, with_generation=False, label="report-only")
     nbytes, parts = decode_bytes(model)
+    dec = model.cfg.decoder
+    kv_bytes = 2 * dec.num_layers * dec.num_kv_heads * dec.head_dim * context * DTYPES[args.full_dtype].itemsize
     del model
     gc.collect()
     record("iii", "weight bytes per decoded token", nbytes / 1e9, "GB",
-           ", ".join(f"{k} {v / 1e9:.3f}" for k, v in parts.items()) + f" ({args.full_dtype})")
+           ", ".join(f"{k} {v / 1e9:.3f}" for k, v in parts.items()) + f" ({args.full_dtype}); KV cache read "
+           f"at {context} tokens: {kv_bytes / 1e9:.3f} GB more (not in the bound)")
     bound = nbytes / (best * 1e9)
     record("iii", "bandwidth bound s/token", bound, "s", f"weight bytes / {best:.2f} GB/s (best streaming read)")
     record("iii", "ratio measured/bound report-only", s_tok / bound, "x", "s/decoded token / bandwidth bound")
-    kernel_bound = nbytes / (gemv * 1e9)
-    record("iii", "gemv-kernel bound s/token", kernel_bound, "s", "weight bytes / gemv weight-read bandwidth")
-    record("iii", "ratio measured/gemv bound report-only", s_tok / kernel_bound, "x",
-           "s/decoded token / gemv-kernel bound (overhead beyond the matmul kernel)")
+    record("iii", f"matmul-kernel weight bandwidth {args.full_dtype}", nbytes / floor_s / 1e9, "GB/s",
+           "weight bytes per token / matmul-only floor (report-only model)")
 
-    model, s_tok = full_decode(args, cfg, dtype, with_generation=True, label="full")
+    model, s_tok, _, _ = full_decode(args, cfg, dtype, with_generation=True, label="full")
     record("iii", "ratio measured/bound full", s_tok / bound, "x", "s/decoded token / bandwidth bound")
     if not args.skip_denoise:
         full_denoise(args, model, "full")
@@ -574,12 +632,16 @@ def bench_full(args) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min): checks that the script works")
-    p.add_argument("--skip-full", action="store_true", help="skip (iii), the unix-full preset")
+    p.add_argument("--skip-full", action="store_true", help="skip (iii), the unix-full preset, and kern")
     p.add_argument("--skip-denoise", action="store_true", help="skip the full-size denoising step in (iii)")
-    p.add_argument("--only", choices=["i", "ii", "iii"], nargs="+", help="run only these sections")
+    p.add_argument("--only", choices=["i", "ii", "iii", "kern"], nargs="+", help="run only these sections")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median) in (i) and (ii)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--max-wait", type=float, default=0.0,
+                   help="before each measurement, wait up to this many seconds for other processes to go quiet")
+    p.add_argument("--quiet-threshold", type=float, default=0.10,
+                   help="'quiet' = other processes use less than this share of the machine's CPU over 1 s")
     g = p.add_argument_group("mid-size config of (i) and (ii)")
     g.add_argument("--hidden", type=int, default=512)
     g.add_argument("--intermediate", type=int, default=1408)
@@ -626,12 +688,13 @@ def main(argv=None) -> None:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
     torch.set_num_threads(args.threads)
+    QUIET.update(threshold=args.quiet_threshold, max_wait=args.max_wait)
     cpu = cpu_model()
     log.info("machine: %s, %d threads, torch %s, python %s", cpu, torch.get_num_threads(), torch.__version__,
              platform.python_version())
-    sections = set(args.only or ["i", "ii", "iii"])
+    sections = set(args.only or ["i", "ii", "iii", "kern"])
     if args.skip_full:
-        sections.discard("iii")
+        sections -= {"iii", "kern"}
     torch.manual_seed(0)
     if sections & {"i", "ii"}:
         cfg = mid_config(args)
@@ -643,6 +706,8 @@ def main(argv=None) -> None:
             bench_report(args, base)
         del base
         gc.collect()
+    if "kern" in sections:
+        bench_kernels(args)
     if "iii" in sections:
         bench_full(args)
     print_table()
