@@ -331,7 +331,7 @@ def test_bad_records_raise_or_are_skipped(tmp_path: Path, chat_jsonl: Path) -> N
 
 def test_invalid_settings() -> None:
     source = caption_source(4)
-    with pytest.raises(ValueError, match="max_tokens_per_sample .* exceeds the decoder's max_position_embeddings"):
+    with pytest.raises(ValueError, match=r"max_tokens_per_sample .* exceeds the decoder's max_position_embeddings"):
         limit = CFG.decoder.max_position_embeddings
         PackedLoader([Group(source)], CFG, PackingConfig(max_tokens=2 * limit, max_tokens_per_sample=limit + 1))
     with pytest.raises(ValueError, match="fewer than world_size"):
