@@ -307,6 +307,8 @@ def from_authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None
         cfg.vision = _JANUS_VISION[name]
     if vae_yaml is not None:
         cfg.vae = vae_config_from_ldm_yaml(vae_yaml)
+    # the inferencer's default output is 512 px (image_shapes); a smaller model draws at its largest size
+    cfg.sampling.image_size = min(cfg.sampling.image_size, cfg.max_latent_size * cfg.vae.downsample)
     return cfg.validate()
 
 
