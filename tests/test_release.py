@@ -4,6 +4,7 @@ Run: pytest tests/test_release.py
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +82,13 @@ def test_own_config_format_is_strict(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match=r"config.decoder: unknown config keys \['hiden_size'\]"):
         UniXConfig.from_file(path)
+
+
+def test_shipped_recipes_equal_the_presets():
+    from importlib.resources import files
+
+    from unix_cxr.config import PRESETS
+
+    for name, build in PRESETS.items():
+        recipe = files("unix_cxr") / "recipes" / f"{name}.yaml"
+        assert UniXConfig.from_file(Path(str(recipe))) == build(), name
