@@ -182,13 +182,15 @@ class CacheStep:
 
     def attend(self, layer: int, q, k, v, backend: str) -> torch.Tensor:
         cache = self.spec.cache
+        k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
         if self.spec.write:
             cache.write(layer, k, v, self.write_start)
             k_all, v_all = cache.view(layer, self.read)
         else:
             k_c, v_c = cache.view(layer, self.read)
             k_all, v_all = torch.cat([k_c, k], dim=2), torch.cat([v_c, v], dim=2)
-        return cached_attention(q, k_all, v_all, self.mask, self.spec.causal, backend)
+        out = cached_attention(q.to(k_all.dtype), k_all, v_all, self.mask, self.spec.causal, backend)
+        return out.to(q.dtype)
 
 
 class MoTLayer(nn.Module):
@@ -237,9 +239,12 @@ class MoTDecoder(nn.Module):
         self.attention_backend = check_backend(name)
 
     def new_cache(self, batch: int, capacity: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache in the weights' dtype, except on CPU, where it is float32: CPUs without bf16 arithmetic run
+        bf16 attention several times slower than fp32 (docs/benchmarks.md), and the cache is small."""
         w = self.embed_tokens.weight
+        default = torch.float32 if w.device.type == "cpu" else w.dtype
         return KVCache(self.cfg.num_layers, batch, self.cfg.num_kv_heads, capacity, self.cfg.head_dim,
-                       dtype or w.dtype, w.device)
+                       dtype or default, w.device)
 
     def forward(self, x_BLD: torch.Tensor, position_ids: torch.Tensor, gen_mask: torch.Tensor | None,
                 attention: PackedLayout | CacheAttention, hidden_states: list | None = None) -> torch.Tensor:
