@@ -159,3 +159,18 @@ def test_report_only_model_has_no_generation_weights_and_refuses_gen_rows():
 def test_unknown_backend_is_rejected(tiny_model):
     with pytest.raises(ValueError, match="unknown attention backend 'xformers'"):
         tiny_model.decoder.set_attention_backend("xformers")
+
+
+def test_cpu_cache_is_float32_for_bf16_weights_and_matches_a_bf16_cache(tiny_model):
+    model = tiny_model.to(torch.bfloat16)
+    assert model.decoder.new_cache(1, 4).k.dtype == torch.float32  # bf16 SDPA is slow on CPUs
+    d = model.cfg.decoder.hidden_size
+    x = torch.randn(1, 5, d, dtype=torch.bfloat16)
+    outs = {}
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            cache = model.decoder.new_cache(1, 6, dtype=dtype)
+            model.decoder(x[:, :4], torch.arange(4)[None], None, CacheAttention(cache, True, True))
+            outs[dtype] = model.decoder(x[:, 4:], torch.tensor([[4]]), None, CacheAttention(cache, True, True))
+    assert outs[torch.float32].dtype == torch.bfloat16
+    torch.testing.assert_close(outs[torch.float32], outs[torch.bfloat16], atol=5e-2, rtol=5e-2)
