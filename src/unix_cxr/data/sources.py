@@ -275,16 +275,29 @@ class BuiltSample:
 
 
 class SampleSource(ABC):
-    """An indexable set of records that builds one sample per (index, randomness)."""
+    """An indexable set of records (each with an `id`) that builds one sample per (index, randomness).
+
+    Subclasses set `read_jsonl(path, image_root) -> (records, errors)` for `from_jsonl`.
+    """
 
     name: str
     kind: str
+    records: list[Any]
+    read_jsonl: Callable[..., tuple[list[Any], list[str]]]
 
-    @abstractmethod
-    def __len__(self) -> int: ...
+    @classmethod
+    def from_jsonl(cls, path: str | Path, cfg: UniXConfig, tokenizer: Any, *, image_root: str | Path | None = None,
+                   **kwargs: Any) -> SampleSource:
+        """Read the source's JSONL; any bad line is a ValueError naming the lines (a training set must be clean)."""
+        records, errors = cls.read_jsonl(path, image_root)
+        _raise_errors(path, errors)
+        return cls(records, cfg, tokenizer, **kwargs)
 
-    @abstractmethod
-    def record_id(self, index: int) -> str: ...
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def record_id(self, index: int) -> str:
+        return self.records[index].id
 
     @abstractmethod
     def build(self, index: int, rand: SampleRandom, token_cap: int | None = None) -> BuiltSample:
@@ -300,6 +313,7 @@ class ChatSource(SampleSource):
     """Stage-1 understanding samples: SigLIP images + prompt text (no loss) + answer text (CE loss)."""
 
     kind = "und"
+    read_jsonl = staticmethod(read_chat_jsonl)
 
     def __init__(self, records: Sequence[ChatRecord], cfg: UniXConfig, tokenizer: Any, *, name: str = "vlm_sft",
                  pad: Literal["white", "black", "squash"] = "white") -> None:
@@ -307,20 +321,6 @@ class ChatSource(SampleSource):
             raise ValueError(f"source {name!r}: no records")
         self.records, self.cfg, self.name, self.pad = list(records), cfg, name, pad
         self.tokenize = as_tokenize(tokenizer)
-
-    @classmethod
-    def from_jsonl(cls, path: str | Path, cfg: UniXConfig, tokenizer: Any, *, image_root: str | Path | None = None,
-                   **kwargs: Any) -> ChatSource:
-        """Read a chat JSONL; any bad line is a ValueError naming the lines (a training set must be clean)."""
-        records, errors = read_chat_jsonl(path, image_root)
-        _raise_errors(path, errors)
-        return cls(records, cfg, tokenizer, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def record_id(self, index: int) -> str:
-        return self.records[index].id
 
     def plan(self, record: ChatRecord) -> list[tuple[str, Any, bool]]:
         """The segment plan ('text', ids, loss) / ('image', image index, False), BAGEL's change_format."""
@@ -380,6 +380,7 @@ class CaptionSource(SampleSource):
     """Stage 2-3 generation samples: caption text (dropped with p = caption_dropout) + a noised latent image."""
 
     kind = "gen"
+    read_jsonl = staticmethod(read_caption_jsonl)
 
     def __init__(self, records: Sequence[CaptionRecord], cfg: UniXConfig, tokenizer: Any, *,
                  latents: LatentStore | None = None, vae: LatentVAE | None = None, image_size: int | None = None,
@@ -418,20 +419,6 @@ class CaptionSource(SampleSource):
         if max(self.latent_shape[1:]) > cfg.max_latent_size:
             raise ValueError(f"source {name!r}: latent grid {self.latent_shape[1:]} exceeds max_latent_size "
                              f"{cfg.max_latent_size}")
-
-    @classmethod
-    def from_jsonl(cls, path: str | Path, cfg: UniXConfig, tokenizer: Any, *, image_root: str | Path | None = None,
-                   **kwargs: Any) -> CaptionSource:
-        """Read a caption JSONL; any bad line is a ValueError naming the lines (a training set must be clean)."""
-        records, errors = read_caption_jsonl(path, image_root)
-        _raise_errors(path, errors)
-        return cls(records, cfg, tokenizer, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def record_id(self, index: int) -> str:
-        return self.records[index].id
 
     def build(self, index: int, rand: SampleRandom, token_cap: int | None = None) -> BuiltSample:
         record = self.records[index]
