@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from unix_cxr.checkpoint.io import read_safetensors, save_authors_weights
+from unix_cxr.checkpoint.io import save_authors_weights
+from unix_cxr.checkpoint.safetensors_io import read_safetensors
 from unix_cxr.config import SamplingConfig, SpecialTokens, UniXConfig, from_authors_config
 from unix_cxr.engines.image import ImageGenerator
 from unix_cxr.engines.packing import Latent, Text, VitImage, pack

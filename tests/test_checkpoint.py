@@ -15,9 +15,9 @@ import torch
 from conftest import randomize
 
 from unix_cxr.checkpoint import safetensors_io
-from unix_cxr.checkpoint.io import load_authors_weights, read_safetensors, save_authors_weights
+from unix_cxr.checkpoint.io import load_authors_weights, save_authors_weights
 from unix_cxr.checkpoint.keymap import from_authors, is_generation_key, to_authors
-from unix_cxr.checkpoint.safetensors_io import state_dict_mismatch, write_safetensors_atomic
+from unix_cxr.checkpoint.safetensors_io import read_safetensors, state_dict_mismatch, write_safetensors_atomic
 from unix_cxr.config import tiny, unix_full
 from unix_cxr.model.masks import PackedLayout, split_position_ids
 from unix_cxr.model.unix import UniX

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint.io import load_authors_weights, read_safetensors
+from .checkpoint.io import load_authors_weights
+from .checkpoint.safetensors_io import read_safetensors
 from .config import SamplingConfig, SpecialTokens, UniXConfig, from_authors_config
 from .engines.image import ImageGenerator, SamplingTrace, cfg_combine, latents_to_nchw
 from .engines.packing import Latent, Text, VitImage, pack

@@ -14,19 +14,9 @@ import torch
 
 from ..model.unix import UniX
 from .keymap import from_authors, is_generation_key, to_authors
-from .safetensors_io import (
-    PICKLE_SUFFIXES,
-    read_safetensors,
-    refuse_pickle,
-    state_dict_mismatch,
-    write_safetensors_atomic,
-)
+from .safetensors_io import read_safetensors, state_dict_mismatch, write_safetensors_atomic
 
 log = logging.getLogger(__name__)
-
-# The file helpers live in .safetensors_io; they are re-exported here for callers that import them from io.
-__all__ = ["PICKLE_SUFFIXES", "load_authors_weights", "read_safetensors", "refuse_pickle", "save_authors_weights",
-           "state_dict_mismatch", "write_safetensors_atomic"]
 
 
 # Tensors that no forward path reads: the two fixed sin-cos tables (BAGEL's loader drops and rebuilds them) and
