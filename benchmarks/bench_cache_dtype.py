@@ -10,15 +10,15 @@ import time
 
 import torch
 
-from unix_cxr.config import unix_full
-from unix_cxr.engines.report import ReportGenerator
+from unix_cxr.config import load_config
+from unix_cxr.infer.report import ReportGenerator
 from unix_cxr.model.unix import UniX
 
 log = logging.getLogger("bench_cache_dtype")
 
 
 def build(num_layers: int) -> UniX:
-    cfg = unix_full()
+    cfg = load_config("unix-full")
     cfg.decoder.num_layers = num_layers
     with torch.device("meta"):
         model = UniX(cfg, with_generation=False)

@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from unix_cxr.checkpoint.hf_export import und_to_qwen3
-from unix_cxr.config import DecoderConfig, SpecialTokens, UniXConfig, VisionConfig, tiny, unix_full
-from unix_cxr.engines.image import ImageGenerator, cfg_combine, in_cfg_interval, timestep_schedule
-from unix_cxr.engines.report import ReportGenerator
+from unix_cxr.config import DecoderConfig, SpecialTokens, UniXConfig, VisionConfig, load_config
+from unix_cxr.flow import time_grid
+from unix_cxr.infer.image import ImageGenerator, cfg_combine, in_cfg_interval
+from unix_cxr.infer.report import ReportGenerator
 from unix_cxr.model.decoder import RMSNorm
 from unix_cxr.model.embeddings import latent_position_ids
 from unix_cxr.model.masks import PackedLayout, split_position_ids
@@ -236,7 +237,7 @@ def mid_config(args) -> UniXConfig:
 
 
 def quick_config() -> UniXConfig:
-    cfg = tiny()
+    cfg = load_config("tiny")
     cfg.decoder = replace(cfg.decoder, hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=4,
                           vocab_size=512, num_layers=2)
     return cfg.validate()
@@ -401,7 +402,7 @@ def naive_sample(model: UniX, prompt: list[int], noise: torch.Tensor, grid: tupl
 
     cond, uncond = branch(True), branch(False)
     x = noise.clone().float()
-    t_grid = timestep_schedule(sampling.num_timesteps, sampling.timestep_shift).tolist()
+    t_grid = time_grid(sampling.num_timesteps, sampling.timestep_shift).tolist()
     for t, t_next in itertools.pairwise(t_grid):
         v = cond(x, t)
         if sampling.cfg_text_scale != 1.0 and in_cfg_interval(t, sampling.cfg_interval):
@@ -444,7 +445,7 @@ def bench_sampling(args, base: UniX) -> None:
         ours_tokens = results["ours"].permute(0, 2, 3, 1).reshape(1, n, c)
         diff = (ours_tokens - results["naive"]).abs().max().item()
         guided = sum(in_cfg_interval(t, sampling.cfg_interval)
-                     for t in timestep_schedule(sampling.num_timesteps, sampling.timestep_shift).tolist()[:-1])
+                     for t in time_grid(sampling.num_timesteps, sampling.timestep_shift).tolist()[:-1])
         what = (f"{dtype_name}, {args.sample_size} px = {grid[0]}x{grid[1]} latents, prompt block "
                 f"{args.prompt_len + 2} tokens, {sampling.num_timesteps - 1} Euler steps ({guided} with CFG "
                 f"{sampling.cfg_text_scale}), batch 1, median of {args.repeats}, runs interleaved")
@@ -573,7 +574,7 @@ def full_denoise(args, model: UniX, label: str) -> None:
 def bench_kernels(args) -> None:
     """The CPU kernels that bound (iii), at the full preset's shapes: GEMM throughput in fp32 and bf16, and one
     decode-step attention (1 query against the prefilled context) through SDPA in bf16 and fp32."""
-    cfg = quick_config().decoder if args.quick else unix_full().decoder
+    cfg = quick_config().decoder if args.quick else load_config("unix-full").decoder
     tokens = 2 * (args.full_image_size // 16) ** 2 + 4  # a CFG denoising step's query rows
     for name in ("fp32", "bf16"):
         dtype = DTYPES[name]
@@ -583,7 +584,7 @@ def bench_kernels(args) -> None:
         record("kern", f"GEMM GFLOP/s {name}", 2 * tokens * w.numel() / r.median / 1e9, "GFLOP/s",
                f"F.linear({tokens} x {cfg.hidden_size}, {cfg.intermediate_size} x {cfg.hidden_size}), median of 3",
                r.other_cpu)
-    context = 2 + (unix_full().vision.num_patches if not args.quick else 16) + args.full_prompt_len + 3
+    context = 2 + (load_config("unix-full").vision.num_patches if not args.quick else 16) + args.full_prompt_len + 3
     head_dim = cfg.hidden_size // cfg.num_heads
     for name in ("bf16", "fp32"):
         dtype = DTYPES[name]
@@ -598,7 +599,7 @@ def bench_kernels(args) -> None:
 
 def bench_full(args) -> None:
     dtype = DTYPES[args.full_dtype]
-    cfg = quick_config() if args.quick else unix_full()
+    cfg = quick_config() if args.quick else load_config("unix-full")
     bw = measure_bandwidth(args)
     for k, (v, other) in bw.items():
         record("iii", f"memory bandwidth {k}", v, "GB/s",

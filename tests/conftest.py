@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unix_cxr.config import tiny
+from unix_cxr.config import load_config
 from unix_cxr.model.unix import UniX
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -40,4 +40,4 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture
 def tiny_model() -> UniX:
-    return randomize(UniX(tiny()).eval())
+    return randomize(UniX(load_config("tiny")).eval())

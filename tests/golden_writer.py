@@ -28,13 +28,14 @@ from safetensors.torch import save_file
 
 from unix_cxr.checkpoint.io import save_authors_weights
 from unix_cxr.checkpoint.safetensors_io import read_safetensors
+from unix_cxr.checkpoint.vae import save_vae
 from unix_cxr.config import SamplingConfig, SpecialTokens, UniXConfig, from_authors_config
-from unix_cxr.engines.image import ImageGenerator
-from unix_cxr.engines.packing import Latent, Text, VitImage, pack
-from unix_cxr.engines.report import ReportGenerator
-from unix_cxr.engines.training import training_forward
+from unix_cxr.data.packing import Latent, Text, VitImage, pack
+from unix_cxr.infer.image import ImageGenerator
+from unix_cxr.infer.report import ReportGenerator
 from unix_cxr.model.unix import UniX
-from unix_cxr.model.vae import LatentVAE, save_vae, to_01
+from unix_cxr.model.vae import LatentVAE, to_01
+from unix_cxr.train.objectives import training_forward
 
 LOGVAR_RANGE = (-30.0, 20.0)
 ATTN_RESOLUTIONS = (16,)

@@ -9,9 +9,11 @@ tests (no MIMIC, CheXpert or IU text). The IU X-Ray adapter is also run on the r
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.metadata
 import json
 import random
+import struct
 import tarfile
 from pathlib import Path
 
@@ -485,6 +487,10 @@ def test_splits_keep_official_and_extend_it_to_the_patient():
 def test_split_hash_is_pinned():
     # SHA-256 based: the same value on every machine and Python (no PYTHONHASHSEED dependence)
     assert hash_unit("p10000032", 0) == pytest.approx(0.3367202963498777, abs=1e-15)
+    # as documented: the first 8 bytes (big-endian) of SHA-256 of "<seed>\0<patient id>", scaled onto [0, 1)
+    for patient_id, seed in (("p10000032", 0), ("p10000032", 7), ("iu-1234", 0), ("", 3)):
+        (first_8_bytes,) = struct.unpack(">Q", hashlib.sha256(f"{seed}\x00{patient_id}".encode()).digest()[:8])
+        assert hash_unit(patient_id, seed) == first_8_bytes / 2**64
     assert hashed_split("p10000032", split_fractions(0.05, 0.05), 0) == "train"
     with pytest.raises(ValueError):
         split_fractions(0.6, 0.5)

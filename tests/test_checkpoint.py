@@ -12,17 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize
+from conftest import PARITY, needs_parity, randomize
 
 from unix_cxr.checkpoint import safetensors_io
 from unix_cxr.checkpoint.io import load_authors_weights, save_authors_weights
 from unix_cxr.checkpoint.keymap import from_authors, is_generation_key, to_authors
 from unix_cxr.checkpoint.safetensors_io import read_safetensors, state_dict_mismatch, write_safetensors_atomic
-from unix_cxr.config import tiny, unix_full
+from unix_cxr.config import load_config
 from unix_cxr.model.masks import PackedLayout, split_position_ids
 from unix_cxr.model.unix import UniX
-
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
 
 # one decoder layer in the authors' naming: 14 tensors per expert, 28 per layer
 _EXPERT_TENSORS = (
@@ -91,7 +89,7 @@ def run_model(model: UniX, with_latents: bool = True, seed: int = 1) -> list[tor
 
 @pytest.fixture(scope="module")
 def model() -> UniX:
-    return randomize(UniX(tiny()).eval(), seed=0)
+    return randomize(UniX(load_config("tiny")).eval(), seed=0)
 
 
 # ---- 1. key map -----------------------------------------------------------------------------------------------
@@ -147,7 +145,7 @@ def test_save_load_round_trip(model: UniX, tmp_path: Path) -> None:
     assert raw[8:9] == b"{" and not raw.startswith((b"PK", b"\x80"))
     assert set(header) - {"__metadata__"} == set(to_authors(model.state_dict()))
 
-    fresh = randomize(UniX(tiny()).eval(), seed=123)
+    fresh = randomize(UniX(load_config("tiny")).eval(), seed=123)
     assert not torch.equal(fresh.lm_head.weight, model.lm_head.weight)
     load_authors_weights(fresh, path)
     want, got = model.state_dict(), fresh.state_dict()
@@ -174,10 +172,9 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path: Path, mon
 
 
 # ---- 3. the golden model file -----------------------------------------------------------------------------------
-@pytest.mark.skipif(not (PARITY / "model.safetensors").is_file() or not (PARITY / "harness.json").is_file(),
-                    reason=f"golden files not present: {PARITY} (model.safetensors + harness.json) is missing")
+@needs_parity
 def test_golden_model_file_loads_and_saves_back_bitwise(tmp_path: Path) -> None:
-    from unix_cxr.parity import GoldenDir
+    from unix_cxr.eval.parity import GoldenDir
 
     cfg = GoldenDir.open(PARITY).cfg
     file = PARITY / "model.safetensors"
@@ -198,7 +195,7 @@ def test_golden_model_file_loads_and_saves_back_bitwise(tmp_path: Path) -> None:
 def test_wrong_shape_names_the_key(model: UniX) -> None:
     authors = to_authors(model.state_dict())
     authors["language_model.model.layers.1.mlp_moe_gen.up_proj.weight"] = torch.zeros(7, 64)
-    fresh = UniX(tiny())
+    fresh = UniX(load_config("tiny"))
     # the message names the key in our naming, with both shapes
     with pytest.raises(ValueError, match=r"decoder\.layers\.1\.gen\.mlp\.up_proj\.weight: file \(7, 64\) vs "
                                          r"model \(128, 64\)"):
@@ -211,7 +208,7 @@ def test_missing_and_unexpected_keys_are_named(model: UniX, tmp_path: Path) -> N
     authors["language_model.model.layers.9.mlp.gate_proj.weight"] = torch.zeros(128, 64)  # no layer 9 in tiny
     path = write_safetensors_atomic(authors, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError) as err:
-        load_authors_weights(UniX(tiny()), path)
+        load_authors_weights(UniX(load_config("tiny")), path)
     message = str(err.value)
     assert "1 missing key(s): decoder.norm.weight" in message
     assert "1 unexpected key(s): decoder.layers.9.und.mlp.gate_proj.weight" in message
@@ -220,7 +217,7 @@ def test_missing_and_unexpected_keys_are_named(model: UniX, tmp_path: Path) -> N
 def test_unknown_key_is_named(model: UniX) -> None:
     authors = {**to_authors(model.state_dict()), "foo.bar": torch.zeros(1)}
     with pytest.raises(ValueError, match=r"foo\.bar"):
-        load_authors_weights(UniX(tiny()), authors)
+        load_authors_weights(UniX(load_config("tiny")), authors)
 
 
 def test_mismatch_report_counts_and_truncates() -> None:
@@ -234,7 +231,7 @@ def test_mismatch_report_counts_and_truncates() -> None:
 
 # ---- 5. report-only model ---------------------------------------------------------------------------------------
 def test_report_only_model_skips_generation_tensors(model: UniX, tmp_path: Path) -> None:
-    cfg = tiny()
+    cfg = load_config("tiny")
     path = save_authors_weights(model, tmp_path / "full.safetensors")
     assert any(is_generation_key(k) for k in read_safetensors(path))
     report = UniX(cfg, with_generation=False).eval()
@@ -268,7 +265,7 @@ def test_pickled_file_is_refused(model: UniX, tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(torch, "load", no_unpickling)
     with pytest.raises(ValueError, match="pickle") as err:
-        load_authors_weights(UniX(tiny()), path)
+        load_authors_weights(UniX(load_config("tiny")), path)
     assert "convert-vae" in str(err.value)
 
 
@@ -293,7 +290,7 @@ _GROUPS = (("decoder.", "llm"), ("lm_head.", "llm"), ("vision.tower.head.", "att
 @pytest.fixture(scope="module")
 def full_meta_state_dict() -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        return UniX(unix_full()).state_dict()
+        return UniX(load_config("unix-full")).state_dict()
 
 
 def test_full_parameter_counts(full_meta_state_dict: dict[str, torch.Tensor]) -> None:

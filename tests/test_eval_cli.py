@@ -1,8 +1,10 @@
-"""`unix-cxr eval reports` / `unix-cxr eval images`: end to end, the results card, and bad input."""
+"""`unix-cxr eval reports` / `unix-cxr eval images` (unix_cxr.cli.eval over unix_cxr.eval.runner and
+unix_cxr.eval.cards): end to end, the results card, and bad input."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,10 +15,12 @@ from conftest import needs_inception
 
 from unix_cxr.chexpert import CHEXPERT_LABELS
 from unix_cxr.cli import main
-from unix_cxr.eval import eval_cli as ec
+from unix_cxr.eval import cards, runner
 from unix_cxr.eval import image_metrics as im
 from unix_cxr.eval import report_metrics as rm
 from unix_cxr.eval.labeler import label_report
+from unix_cxr.utils import provenance
+from unix_cxr.utils.atomic import TEMP_SUFFIX
 
 PRED = {
     "r1": "FINDINGS: Small left pleural effusion. No pneumothorax. IMPRESSION: Small left pleural effusion.",
@@ -50,6 +54,17 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("unix-cxr eval: error:")]
 
 
+def _check_plot(out: Path, card: dict, name: str) -> None:
+    """The plot is a PNG file when matplotlib is installed; otherwise the card says why it is missing."""
+    entry = card["outputs"]["plots"][name]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert entry == {"written": True, "file": name}
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert entry == {"written": False, "reason": "matplotlib is not installed"}
+        assert not (out / name).exists()
+
+
 @pytest.fixture
 def report_files(tmp_path: Path) -> tuple[Path, Path]:
     return _jsonl(tmp_path / "pred.jsonl", PRED), _jsonl(tmp_path / "ref.jsonl", REF)
@@ -65,7 +80,7 @@ def test_reports_end_to_end_card(tmp_path, capsys, report_files):
                    "--no-meteor", "--no-progress", "-o", str(out))
     assert rc == 0, err
     card = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert card["kind"] == "reports" and card["card_version"] == ec.CARD_VERSION
+    assert card["kind"] == "reports" and card["card_version"] == cards.CARD_VERSION
     assert card["command"].startswith("unix-cxr eval reports --pred ") and "--seed 3" in card["command"]
     assert card["created_utc"].endswith("Z")
     packages = card["environment"]["packages"]
@@ -75,21 +90,21 @@ def test_reports_end_to_end_card(tmp_path, capsys, report_files):
     assert card["inputs"]["ref"]["sha256"] == hashlib.sha256(ref.read_bytes()).hexdigest()
     assert card["inputs"]["pred"]["n_empty"] == 1 and card["empty_reports"] == {"pred": 1, "ref": 0}
     assert card["seeds"] == {"bootstrap": 3, "rouge_bootstrap": 3}
-    assert card["labeler"]["metric_name"] == ec.RULE_F1_NAME == "CheXpert-rule F1 (unix-cxr labeler)"
+    assert card["labeler"]["metric_name"] == runner.RULE_F1_NAME == "CheXpert-rule F1 (unix-cxr labeler)"
     assert card["n_reports"] == 6
 
     # The F1 in the card is chexpert_f1 called directly on the rule labeler's labels.
     pred_labels = {k: label_report(v) for k, v in PRED.items()}
     ref_labels = {k: label_report(v) for k, v in REF.items()}
     f1 = card["chexpert_f1"]
-    assert f1["metric_name"] == ec.RULE_F1_NAME
+    assert f1["metric_name"] == runner.RULE_F1_NAME
     for mode in rm.MODES:
-        direct = rm.chexpert_f1(pred_labels, ref_labels, ec.RULE_F1_NAME, mode)
-        ci = rm.bootstrap_f1_ci(pred_labels, ref_labels, ec.RULE_F1_NAME, mode, n_resamples=200, seed=3)
+        direct = rm.chexpert_f1(pred_labels, ref_labels, runner.RULE_F1_NAME, mode)
+        ci = rm.bootstrap_f1_ci(pred_labels, ref_labels, runner.RULE_F1_NAME, mode, n_resamples=200, seed=3)
         for key, value in direct.summary().items():
             entry = f1[mode][key]
             assert entry["value"] == value
-            assert entry["name"].startswith(ec.RULE_F1_NAME)
+            assert entry["name"].startswith(runner.RULE_F1_NAME)
             assert (entry["ci_low"], entry["ci_high"]) == (ci[key].low, ci[key].high)
             assert entry["ci_low"] <= value <= entry["ci_high"]
         assert [c["f1"] for c in f1[mode]["per_class"]] == [c.f1 for c in direct.per_class]
@@ -101,7 +116,12 @@ def test_reports_end_to_end_card(tmp_path, capsys, report_files):
         assert text[name]["value"] == bleu[name].value and text[name]["ci"]["n_resamples"] == 200
     assert text["ROUGE-L"]["value"] == rm.rouge_l(list(PRED.values()), list(REF.values()), seed=3).value
     assert text["METEOR"]["computed"] is False and "disabled" in text["METEOR"]["reason"]
-    assert "RadGraph-partial F1" in text and text["CIDEr"]["computed"] in (True, False)
+    assert "RadGraph-partial F1" in text
+    if importlib.util.find_spec("pycocoevalcap") is not None:  # CIDEr is computed whenever it can be
+        assert text["CIDEr"]["computed"] is True
+        assert text["CIDEr"]["value"] == rm.cider(list(PRED.values()), list(REF.values())).value
+    else:
+        assert text["CIDEr"]["computed"] is False and "pycocoevalcap is not installed" in text["CIDEr"]["reason"]
     if not text["RadGraph-partial F1"]["computed"]:
         assert text["RadGraph-partial F1"]["reason"].startswith("not computed")
 
@@ -110,10 +130,8 @@ def test_reports_end_to_end_card(tmp_path, capsys, report_files):
     assert "CheXbert" not in md  # a rule-labeler run never says CheXbert
     labels = [json.loads(line) for line in (out / "labels.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [row["id"] for row in labels] == list(REF) and labels[3]["pred"] == dict.fromkeys(CHEXPERT_LABELS)
-    plot = card["outputs"]["plots"]["per_class_f1.png"]
-    if plot["written"]:
-        assert (out / "per_class_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temporaries
+    _check_plot(out, card, "per_class_f1.png")
+    assert not [p for p in out.iterdir() if p.name.endswith(TEMP_SUFFIX)]  # atomic writes leave no temporaries
     json.loads((out / "results.json").read_text(encoding="utf-8"),
                parse_constant=lambda c: pytest.fail(f"non-finite number {c} in the card"))
 
@@ -135,7 +153,7 @@ def test_reports_authors_csv(tmp_path, capsys):
     assert card["inputs"]["ref"]["column"] == "Ground Truth"
     direct = rm.chexpert_f1([{"id": i, "labels": label_report(v)} for i, v in enumerate(PRED.values())],
                             [{"id": i, "labels": label_report(v)} for i, v in enumerate(REF.values())],
-                            ec.RULE_F1_NAME, "uncertain_as_positive")
+                            runner.RULE_F1_NAME, "uncertain_as_positive")
     assert card["chexpert_f1"]["uncertain_as_positive"]["micro_14"]["value"] == direct.micro_14
     assert card["chexpert_f1"]["bootstrap"] is None
     assert card["chexpert_f1"]["uncertain_as_positive"]["micro_14"]["ci_low"] is None
@@ -225,13 +243,13 @@ def test_reports_with_chexbert_labeler(tmp_path, capsys, report_files):
 
 
 def test_evaluate_reports_library_call():
-    result = ec.evaluate_reports(PRED, REF, n_bootstrap=0, with_meteor=False, with_cider=False,
+    result = runner.evaluate_reports(PRED, REF, n_bootstrap=0, with_meteor=False, with_cider=False,
                                  with_radgraph=False)
-    assert result.metric_name == ec.RULE_F1_NAME and result.f1_ci is None
+    assert result.metric_name == runner.RULE_F1_NAME and result.f1_ci is None
     assert result.n_empty_pred == 1 and result.notes
     assert result.text["BLEU-4"].per_report[3] == 0.0  # the empty prediction scores 0
     with pytest.raises(ValueError, match="only in"):
-        ec.evaluate_reports({"a": "x"}, {"b": "y"})
+        runner.evaluate_reports({"a": "x"}, {"b": "y"})
 
 
 # -------------------------------------------------------------------------------------------------------- images
@@ -276,7 +294,7 @@ def test_evaluate_images_with_torch_module_encoder(tmp_path):
     real = _write_images(tmp_path / "real", 16, 0)
     fake = _write_images(tmp_path / "fake", 16, 1, bright=40.0, sizes=(24, 40))  # mixed sizes: squashed to 299
     enc = _small_encoder()
-    result = ec.evaluate_images(real, fake, enc, seed=5)
+    result = runner.evaluate_images(real, fake, enc, seed=5)
     x = im.extract_features(enc, real, progress=False)
     y = im.extract_features(enc, fake, progress=False)
     direct = im.image_metrics(x, y, seed=5)
@@ -284,20 +302,20 @@ def test_evaluate_images_with_torch_module_encoder(tmp_path):
     assert (result.metrics.precision, result.metrics.coverage) == (direct.precision, direct.coverage)
     assert result.feature_dim == 12 and result.encoder == "avgpool-2x2 (test)"
     other_real = _write_images(tmp_path / "real2", 16, 2)
-    assert ec.evaluate_images(real, other_real, enc).metrics.fd < result.metrics.fd  # brighter set: farther
+    assert runner.evaluate_images(real, other_real, enc).metrics.fd < result.metrics.fd  # brighter set: farther
 
-    sharded = ec.evaluate_images(real, fake, enc, n_shards=2, seed=5)
+    sharded = runner.evaluate_images(real, fake, enc, n_shards=2, seed=5)
     assert sharded.metrics.n_shards == 2 and len(sharded.metrics.shards) == 2
     with pytest.raises(im.InsufficientSamplesError, match="at least 24"):
-        ec.evaluate_images(real, fake, enc, n_shards=4)
+        runner.evaluate_images(real, fake, enc, n_shards=4)
 
 
 def test_evaluate_images_per_pathology(tmp_path):
     real = _write_images(tmp_path / "real", 20, 0)
     fake = _write_images(tmp_path / "fake", 20, 1, bright=30.0)
-    table = ec.read_image_labels(_labels_file(tmp_path / "labels.jsonl", real, 0))
-    rl = ec.labels_for_images(real, table, "real")
-    result = ec.evaluate_images(real, fake, _small_encoder(), real_labels=rl, fake_labels=rl)
+    table = runner.read_image_labels(_labels_file(tmp_path / "labels.jsonl", real, 0))
+    rl = runner.labels_for_images(real, table, "real")
+    result = runner.evaluate_images(real, fake, _small_encoder(), real_labels=rl, fake_labels=rl)
     per = result.to_dict()["per_pathology_fd"]
     assert list(per) == list(CHEXPERT_LABELS)
     assert per["Pleural Effusion"]["fd"] is not None and per["Edema"]["fd"] is None
@@ -307,14 +325,14 @@ def test_evaluate_images_per_pathology(tmp_path):
     mask = rl[:, CHEXPERT_LABELS.index("Pleural Effusion")] == 1
     assert per["Pleural Effusion"]["fd"] == im.frechet_distance(x[mask], y[mask])
     with pytest.raises(ValueError, match="no labels for 1 image"):
-        ec.labels_for_images([*real, tmp_path / "real" / "unknown.png"], table, "real")
+        runner.labels_for_images([*real, tmp_path / "real" / "unknown.png"], table, "real")
 
 
 def test_images_command_end_to_end(tmp_path, capsys, monkeypatch):
     real = _write_images(tmp_path / "real", 14, 0)
     fake = _write_images(tmp_path / "fake", 14, 1, bright=40.0, sizes=(24, 40))
     labels = _labels_file(tmp_path / "labels.jsonl", real, 0)
-    monkeypatch.setattr(ec, "make_encoder", lambda spec, **kw: (_small_encoder(), {"kind": "test", "name":
+    monkeypatch.setattr(runner, "make_encoder", lambda spec, **kw: (_small_encoder(), {"kind": "test", "name":
                                                                                    "avgpool-2x2 (test)"}))
     out = tmp_path / "out"
     rc, err = _run(capsys, "images", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--labels",
@@ -324,7 +342,7 @@ def test_images_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert card["kind"] == "images" and card["encoder"]["name"] == "avgpool-2x2 (test)"
     assert card["command"].startswith("unix-cxr eval images --real ")
     assert card["seeds"] == {"kd_subsets": 2}
-    assert card["inputs"]["real"]["file_list_sha256"] == ec.sha256_file_list(real)
+    assert card["inputs"]["real"]["file_list_sha256"] == provenance.sha256_file_list(real)
     assert card["inputs"]["real"]["n_images"] == 14 and not card["inputs"]["real"]["mixed_sizes"]
     assert card["inputs"]["fake"]["mixed_sizes"] and set(card["inputs"]["fake"]["original_sizes"]) == {"24x24",
                                                                                                        "40x40"}
@@ -339,9 +357,8 @@ def test_images_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert card["environment"]["packages"]["torch"]
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "| FD (avgpool-2x2 (test)) |" in md and "FD per pathology" in md
-    if card["outputs"]["plots"]["image_grid.png"]["written"]:
-        assert (out / "image_grid.png").read_bytes()[:4] == b"\x89PNG"
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    _check_plot(out, card, "image_grid.png")
+    assert not [p for p in out.iterdir() if p.name.endswith(TEMP_SUFFIX)]
 
 
 @pytest.mark.parametrize("case", ["too_few", "unreadable", "no_images", "missing_labels"])
@@ -381,5 +398,5 @@ def test_images_command_with_inception(tmp_path, capsys):
     assert rc == 0, err
     card = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert card["encoder"]["name"] == "Inception (fid-helper weights)" and card["image_metrics"]["feature_dim"] == 2048
-    assert card["encoder"]["sha256"] == ec.sha256_file(im.fid_helper_inception_path())
+    assert card["encoder"]["sha256"] == provenance.sha256_file(im.fid_helper_inception_path())
     assert card["image_metrics"]["fd"] > 0 and any("N <= D" in w for w in card["warnings"])

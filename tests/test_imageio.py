@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from unix_cxr.cli import main
-from unix_cxr.config import VisionConfig, tiny
+from unix_cxr.config import VisionConfig, load_config
 from unix_cxr.data.imageio import DEFAULT_MAX_PIXELS, detect_format, read_image
 from unix_cxr.data.transforms import (
     as_uint8_grey,
@@ -476,7 +476,7 @@ def test_siglip_small_image_framed_unless_upscale() -> None:
 
 
 def test_siglip_size_from_config() -> None:
-    cfg = tiny().vision
+    cfg = load_config("tiny").vision
     x = siglip_transform(np.full((50, 70), 0.25, np.float32), cfg)
     assert x.shape == (3, cfg.image_size, cfg.image_size)
 

@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from unix_cxr.checkpoint.vae import load_vae, save_vae
 from unix_cxr.cli import main
-from unix_cxr.config import UniXConfig, tiny
+from unix_cxr.config import UniXConfig, load_config
 from unix_cxr.data.latent_cache import (
     INDEX_NAME,
     LOGVAR_SUFFIX,
@@ -33,11 +34,11 @@ from unix_cxr.data.latent_cache import (
 from unix_cxr.data.loader import Group, PackedLoader, PackingConfig
 from unix_cxr.data.sources import CaptionSource, SampleRandom, read_caption_jsonl
 from unix_cxr.data.transforms import vae_transform
-from unix_cxr.model.vae import LatentVAE, load_vae, save_vae
+from unix_cxr.model.vae import LatentVAE
 
 SIZE = 64
 N_IMAGES = 7
-CFG = tiny()
+CFG = load_config("tiny")
 
 
 def tokenize(text: str) -> list[int]:

@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from unix_cxr.config import tiny
+from unix_cxr.config import load_config
 from unix_cxr.data.latent_cache import CachedLatent
 from unix_cxr.data.loader import Group, LoaderBatch, PackedLoader, PackingConfig
+from unix_cxr.data.packing import Latent, Text, VitImage
 from unix_cxr.data.sources import (
     CaptionRecord,
     CaptionSource,
@@ -28,9 +29,8 @@ from unix_cxr.data.sources import (
     SampleRandom,
     read_chat_jsonl,
 )
-from unix_cxr.engines.packing import Latent, Text, VitImage
 
-CFG = tiny()
+CFG = load_config("tiny")
 VOCAB = 290  # below the tiny config's special ids (300..303)
 LATENT_SHAPE = (CFG.vae.z_channels, 4, 4)
 IMAGE_TOKENS = CFG.vision.num_patches + 2
@@ -345,7 +345,8 @@ def test_invalid_settings() -> None:
 
 
 def test_batches_run_through_training_forward(chat_jsonl: Path, tiny_model) -> None:
-    from unix_cxr.engines.training import sample_timesteps, training_forward
+    from unix_cxr.flow import sample_timesteps
+    from unix_cxr.train.objectives import training_forward
 
     lb = next(b for b in take(mixed_loader(chat_jsonl, PackingConfig(max_tokens=200), seed=2), 10)
               if {s.kind for s in b.samples} == {"und", "gen"})

@@ -18,7 +18,7 @@ from golden_writer import write_golden_dir
 from safetensors.torch import load_file, save_file
 
 from unix_cxr.cli import main
-from unix_cxr.parity import GoldenDir
+from unix_cxr.eval.parity import GoldenDir
 
 CASES = ["case1_vae", "case2_vit", "case3_understanding", "case4_velocity", "case5_sampling", "case6_training"]
 LLM_CASES = {"case3_understanding", "case4_velocity", "case5_sampling", "case6_training"}
@@ -127,3 +127,29 @@ def test_a_directory_without_harness_json_is_a_usage_error(mha_dir: Path, tmp_pa
     assert not lines and out == ""
     assert len(err.splitlines()) == 1, err
     assert err.startswith("unix-cxr parity: error:") and "harness.json" in err
+
+
+def test_non_finite_weights_or_goldens_fail_by_name(mha_dir: Path, tmp_path: Path, capsys) -> None:
+    """NaN exceeds no tolerance, so a comparison alone would pass it: parity refuses non-finite tensors."""
+    nan_weight = tmp_path / "nan_weight"
+    shutil.copytree(mha_dir, nan_weight)
+    weights = load_file(str(mha_dir / "model.safetensors"))
+    vision = [k for k in weights if k.startswith("vit_model.") and k.endswith("weight")]
+    for key in vision:
+        weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, str(nan_weight / "model.safetensors"))
+    rc, lines, out, _ = run_cli(nan_weight, capsys)
+    assert rc == 1, out
+    assert status(lines["case2_vit"]) == "FAIL" and "(ours has" in lines["case2_vit"], out
+    assert "non-finite values" in lines["case2_vit"]
+
+    nan_golden = tmp_path / "nan_golden"
+    shutil.copytree(mha_dir, nan_golden)
+    case = load_file(str(mha_dir / "case4_velocity.safetensors"))
+    name = next(k for k in case if k.startswith("output/"))
+    case[name] = case[name].clone().view(-1).index_fill(0, torch.tensor([0]), float("inf")).view_as(case[name])
+    save_file(case, str(nan_golden / "case4_velocity.safetensors"))
+    rc, lines, out, _ = run_cli(nan_golden, capsys)
+    assert rc == 1, out
+    assert status(lines["case4_velocity"]) == "FAIL" and "golden has 1 non-finite values" in lines["case4_velocity"]
+    assert {n for n, line in lines.items() if status(line) == "FAIL"} == {"case4_velocity"}, out

@@ -271,24 +271,34 @@ def test_render_shape_dtype_and_determinism(size):
     assert 20 < a.mean() < 200 and a.min() < 20  # black air outside the body, grey chest
 
 
-@pytest.mark.parametrize("bad", [
-    dict(kind="tumour"), dict(kind="cardiomegaly", side="left"), dict(kind="pneumothorax", side="bilateral"),
-    dict(kind="consolidation", zone="apex"), dict(kind="pleural_effusion", severity="huge"),
-    dict(kind="pleural_effusion", zone="upper"), dict(kind="cardiomegaly", value=0.95),
-    dict(kind="pacemaker", uncertain=True),
+@pytest.mark.parametrize(("bad", "message"), [
+    (dict(kind="tumour"), r"unknown finding kind 'tumour'; expected one of cardiomegaly, pleural_effusion, "),
+    (dict(kind="cardiomegaly", side="left"), r"cardiomegaly: side must be one of None, got 'left'"),
+    (dict(kind="pneumothorax", side="bilateral"), r"pneumothorax: side must be one of right, left, got 'bilateral'"),
+    (dict(kind="consolidation", zone="apex"), r"consolidation: zone must be one of upper, middle, lower, got 'apex'"),
+    (dict(kind="pleural_effusion", severity="huge"), r"severity must be one of mild, moderate, severe, got 'huge'"),
+    (dict(kind="pleural_effusion", zone="upper"), r"pleural_effusion takes no zone, got 'upper'"),
+    (dict(kind="cardiomegaly", value=0.95), r"cardiomegaly: value must be in \[0\.3, 0\.75\], got 0\.95"),
+    (dict(kind="pacemaker", uncertain=True), r"pacemaker cannot be uncertain"),
 ])
-def test_finding_validation(bad):
-    with pytest.raises(ValueError):
+def test_finding_validation(bad, message):
+    with pytest.raises(ValueError, match=message):
         Finding(**bad)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(size=100), dict(size=48), dict(size=528), dict(seed=-1), dict(ctr=0.6),
-    dict(ctr=0.45, findings=(Finding("cardiomegaly"),)), dict(negatives=("Pneumonia",)),
-    dict(findings=(Finding("pleural_effusion", side="bilateral"), Finding("pleural_effusion", side="left"))),
+@pytest.mark.parametrize(("bad", "message"), [
+    (dict(size=100), r"size must be 64, 128 or 256 \(any multiple of 16 from 64 to 512\), got 100"),
+    (dict(size=48), r"size must be .*, got 48"),
+    (dict(size=528), r"size must be .*, got 528"),
+    (dict(seed=-1), r"seed must be a non-negative integer, got -1"),
+    (dict(ctr=0.6), r"ctr of a normal heart must be in \[0\.3, 0\.5\], got 0\.6 \(a larger heart is cardiomegaly"),
+    (dict(ctr=0.45, findings=(Finding("cardiomegaly"),)), r"either as ctr or as a cardiomegaly finding, not both"),
+    (dict(negatives=("Pneumonia",)), r"negatives \['Pneumonia'\] cannot be stated; expected a subset of"),
+    (dict(findings=(Finding("pleural_effusion", side="bilateral"), Finding("pleural_effusion", side="left"))),
+     r"finding pleural_effusion \(side left, zone None\) is given twice"),
 ])
-def test_spec_validation(bad):
-    with pytest.raises(ValueError):
+def test_spec_validation(bad, message):
+    with pytest.raises(ValueError, match=message):
         PhantomSpec(**bad)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unix_cxr.checkpoint.hf_export import qwen3_config, und_to_qwen3
-from unix_cxr.config import tiny
+from unix_cxr.config import load_config
 from unix_cxr.model.decoder import CacheAttention, RMSNorm
 from unix_cxr.model.masks import PackedLayout
 from unix_cxr.model.unix import UniX
@@ -23,7 +23,7 @@ LENGTH, NEW_TOKENS = 12, 8
 @pytest.fixture(scope="module")
 def model() -> UniX:
     torch.manual_seed(0)
-    m = UniX(tiny()).eval()
+    m = UniX(load_config("tiny")).eval()
     with torch.no_grad():
         for module in m.decoder.modules():
             if isinstance(module, RMSNorm):  # non-trivial norm weights, so that a missing copy shows
@@ -68,7 +68,7 @@ def test_export_copies_by_default(model: UniX, hf) -> None:
 
 
 def test_rejects_decoder_without_qk_norm() -> None:
-    cfg = tiny()
+    cfg = load_config("tiny")
     cfg.decoder.qk_norm = False
     with pytest.raises(ValueError, match="qk_norm"):
         qwen3_config(UniX(cfg, with_generation=False))

@@ -385,16 +385,37 @@ def test_metric_result_never_holds_nan():
         rm.MetricResult("BLEU-1", float("nan"))
     with pytest.raises(ValueError, match="reason"):
         rm.MetricResult("BLEU-1", None, computed=False)
-    assert math.isfinite(rm.MetricResult("x", 0.0).value)
+    for bad in (float("inf"), float("-inf"), None):
+        with pytest.raises(ValueError, match="finite"):
+            rm.MetricResult("BLEU-1", bad)
+    with pytest.raises(ValueError, match="value=None"):  # a value that was not computed cannot carry a number
+        rm.MetricResult("BLEU-1", 0.5, computed=False, reason="no data")
+    with pytest.raises(ValueError, match="value=None"):
+        rm.MetricResult("BLEU-1", float("nan"), computed=False, reason="no data")
+    assert rm.MetricResult("x", 0.0).value == 0.0
+    skipped = rm.MetricResult("x", None, computed=False, reason="no data")
+    assert skipped.value is None and skipped.to_dict() == {"name": "x", "computed": False, "value": None,
+                                                           "reason": "not computed: no data"}
 
 
 def test_text_metrics_bundle_reports_every_metric():
     if importlib.util.find_spec("nltk") is None or importlib.util.find_spec("rouge_score") is None:
         pytest.skip("nltk / rouge-score not installed")
     out = rm.text_metrics(PREDS, REFS, with_meteor=False)
-    assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr", "RadGraph-partial F1"} <= set(out)
-    for res in out.values():
-        assert res.computed or res.reason
+    assert list(out) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "RadGraph-partial F1"]
+    direct = {**rm.bleu_scores(PREDS, REFS), "ROUGE-L": rm.rouge_l(PREDS, REFS, seed=0),
+              "CIDEr": rm.cider(PREDS, REFS), "RadGraph-partial F1": rm.radgraph_partial(PREDS, REFS)}
+    for name, res in out.items():
+        assert res.name == name
+        if res.computed:
+            assert math.isfinite(res.value) and len(res.per_report) == len(PREDS), name
+        else:
+            assert res.value is None and res.reason, name
+        # each entry is exactly what the metric's own function reports
+        assert (res.computed, res.value, res.reason) == (direct[name].computed, direct[name].value,
+                                                         direct[name].reason), name
+    assert all(out[name].computed for name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L"))
+    assert "METEOR" not in out  # with_meteor=False
 
 
 @needs_nltk

@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PARITY, needs_parity
 from safetensors.torch import load_file, save_file
 
+from unix_cxr.checkpoint.vae import convert_pickled_vae, load_vae, save_vae, vae_from_state_dict
 from unix_cxr.checkpoint.vae_keys import detect_layout, diffusers_to_ldm, ldm_to_diffusers
 from unix_cxr.config import VAEConfig, vae_config_from_ldm_yaml
-from unix_cxr.model.vae import (
-    LatentVAE,
-    build_autoencoder,
-    convert_pickled_vae,
-    load_vae,
-    save_vae,
-    vae_from_state_dict,
-)
-
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
-needs_parity = pytest.mark.skipif(not PARITY.is_dir(), reason="../shared/parity not present")
+from unix_cxr.model.vae import LatentVAE, build_autoencoder
 
 # small, downsample 16 like kl-f16; attention at level 1 only (resolution 128 -> diffusers up_blocks.3) and
 # channel changes 32 -> 64 -> 32 (nin_shortcut / conv_shortcut)
@@ -240,7 +232,7 @@ def test_pickle_conversion_drops_extras_and_falls_back(tmp_path: Path, tiny_vae:
     # argparse.Namespace is not on the weights_only allow-list: the safe load fails, the trusted fallback runs
     torch.save({"state_dict": {**ldm, "loss.logvar": torch.zeros(())}, "hparams": argparse.Namespace(lr=1.0)}, ckpt)
     out = tmp_path / "out.safetensors"
-    with caplog.at_level(logging.WARNING, logger="unix_cxr.model.vae"):
+    with caplog.at_level(logging.WARNING, logger="unix_cxr.checkpoint.vae"):
         convert_pickled_vae(ckpt, out, trust_pickle=True)
     assert any("weights_only" in r.getMessage() for r in caplog.records)
     got = load_file(str(out))

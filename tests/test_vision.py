@@ -7,12 +7,12 @@ key-map round trips, input validation, full-size parameter counts (meta device) 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import PARITY, needs_parity
 
 from unix_cxr.checkpoint.vision_keys import (
     connector_from_authors,
@@ -25,16 +25,9 @@ from unix_cxr.model.vision import VisionEncoder, normalize_pixels
 
 log = logging.getLogger(__name__)
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
 TOWER_PREFIX = "vit_model.vision_tower."
 CONNECTOR_PREFIX = "connector."
 ATOL, RTOL = 1e-5, 1e-4
-
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "case2_vit.safetensors").is_file(),
-    reason=f"parity goldens not found at {PARITY} (shared/parity is not checked out next to this tree)",
-)
-
 
 def golden_config(connector_act: str = "gelu_pytorch_tanh") -> VisionConfig:
     """Case 2 of the goldens: image 32, patch 8, width 32, 2 layers, 2 heads, MLP 128 (LLM hidden 64)."""

@@ -5,7 +5,12 @@ The authors' formats are read as well:
   * the UniX inference `config.json` (`llm_config`, `vit_config`, `vae_config`, ...), as in ../shared/parity;
   * the Janus-style release `config.json` (`language_config`, `vision_config`, `aligner_config`);
   * the latent-diffusion VAE `config.yaml` that sits next to the VAE checkpoint.
-Presets: `unix-full` (the released UniX, spec section 1) and `tiny` (a few thousand parameters, for tests).
+Presets: `unix-full` (the released UniX, spec section 1) and `tiny` (a few thousand parameters, for tests),
+shipped as YAML recipes in `unix_cxr/recipes/`.
+
+`load_config(source, overrides)` is the one loader: a preset name, a recipe YAML (or JSON) in our format, the
+authors' `config.json`, or a release folder (its `config.json` and `vae/config.yaml`), then dotted `key=value`
+overrides (`decoder.num_layers=4 sampling.cfg_interval=[0.4,1.0]`), strictly: an unknown key names itself.
 """
 
 from __future__ import annotations
@@ -13,13 +18,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 log = logging.getLogger(__name__)
+
+
+ATTENTION_BACKENDS = ("sdpa", "flex", "flash")
 
 
 @dataclass
@@ -48,6 +58,7 @@ class DecoderConfig:
     qkv_bias: bool = True
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 16384  # longest packed sequence / context we accept
+    attention_backend: str = "sdpa"  # "sdpa", "flex" or "flash" (unix_cxr.model.attention)
 
     @property
     def head_dim(self) -> int:
@@ -61,6 +72,9 @@ class DecoderConfig:
                              f"num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"decoder head_dim {self.head_dim} must be even for RoPE")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {self.attention_backend!r}; choose one of "
+                             f"{ATTENTION_BACKENDS}")
 
 
 @dataclass
@@ -147,6 +161,59 @@ class DecodingConfig:
     double_bos: bool = True
 
 
+@dataclass(frozen=True)
+class PackingConfig:
+    """How samples become packed training sequences (`unix_cxr.data.loader`); token counts include markers.
+
+    Spec 5.1 numbers: per-sample cap (``max_seq_len``) 16,384; BAGEL ``max_num_tokens`` 36,864; UniX yields by
+    ``micro_batch_size`` samples (32 per GPU for a global batch of 256 on 8 GPUs without accumulation).
+    Positions restart in every sample, so only a single sample is bounded by ``cfg.decoder.max_position_embeddings``
+    (`data.packing.pack` refuses longer samples); a packed sequence may be longer.
+    """
+
+    max_tokens: int | None = 16384  # hard cap per packed sequence
+    expected_tokens: int | None = None  # token mode: yield once reached (None: = max_tokens)
+    max_tokens_per_sample: int = 16384  # longer samples are skipped and counted
+    micro_batch_size: int | None = None  # UniX mode: yield once this many samples are packed
+    max_buffer_size: int = 50
+    prefer_buffer_before: int | None = None  # take from the buffer while below this (None: max_tokens // 2)
+
+    def validate(self, cfg: UniXConfig | None = None) -> PackingConfig:
+        if self.max_tokens is None and self.micro_batch_size is None:
+            raise ValueError("packing needs max_tokens (token budget), micro_batch_size (UniX mode) or both")
+        for name in ("max_tokens", "expected_tokens", "micro_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"packing {name} must be positive, got {value}")
+        if self.max_tokens_per_sample < 1 or self.max_buffer_size < 0:
+            raise ValueError("packing max_tokens_per_sample must be positive and max_buffer_size non-negative")
+        limit = cfg.decoder.max_position_embeddings if cfg is not None else None
+        if limit is not None and self.max_tokens_per_sample > limit:
+            raise ValueError(f"packing max_tokens_per_sample {self.max_tokens_per_sample} exceeds the decoder's "
+                             f"max_position_embeddings {limit} (unix_cxr.data.packing.pack refuses longer samples)")
+        if self.expected_tokens is not None and self.max_tokens is not None and self.expected_tokens > self.max_tokens:
+            raise ValueError(f"packing expected_tokens {self.expected_tokens} > max_tokens {self.max_tokens}")
+        return self
+
+    @property
+    def sample_cap(self) -> int:
+        """Samples above this are skipped: the per-sample cap, and never more than a whole sequence."""
+        return min(self.max_tokens_per_sample, self.max_tokens or self.max_tokens_per_sample)
+
+    @property
+    def yield_tokens(self) -> int | None:
+        """Token count at which a sequence is complete (token mode)."""
+        if self.expected_tokens is not None:
+            return self.expected_tokens
+        return self.max_tokens if self.micro_batch_size is None else None
+
+    @property
+    def buffer_threshold(self) -> int:
+        if self.prefer_buffer_before is not None:
+            return self.prefer_buffer_before
+        return (self.max_tokens or 0) // 2
+
+
 @dataclass
 class UniXConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -155,6 +222,7 @@ class UniXConfig:
     tokens: SpecialTokens = field(default_factory=SpecialTokens)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
     max_latent_size: int = 32  # side of the latent position table -> largest image = 32 * 16 px
     vit_max_num_patch_per_side: int = 24  # side of the (unused, but saved) vit_pos_embed table
     train_timestep_shift: float = 1.0  # shift applied to training timesteps (released training: 1.0)
@@ -162,6 +230,7 @@ class UniXConfig:
     def validate(self) -> UniXConfig:
         for part in (self.decoder, self.vision, self.vae, self.sampling):
             part.validate()
+        self.packing.validate(self)
         ids = dataclasses.astuple(self.tokens)
         if len(set(ids)) != 4 or max(ids) >= self.decoder.vocab_size or min(ids) < 0:
             raise ValueError(f"special token ids {ids} must be distinct and inside the vocabulary")
@@ -177,15 +246,8 @@ class UniXConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> UniXConfig:
-        """Read our YAML/JSON format, or the authors' config.json (detected by its keys)."""
-        path = Path(path)
-        text = path.read_text()
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a mapping, got {type(data).__name__}")
-        if "llm_config" in data or "language_config" in data:
-            return from_authors_config(data)
-        return cls.from_dict(data)
+        """Read our YAML/JSON format, or the authors' config.json (detected by its keys): `load_config(path)`."""
+        return load_config(Path(path))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -211,35 +273,109 @@ def _build(cls, data: Any, where: str):
     return cls(**kwargs)
 
 
-# ---- presets -------------------------------------------------------------------------------------------
-def unix_full() -> UniXConfig:
-    """The released UniX (spec section 1): every default above."""
-    return UniXConfig().validate()
+# ---- presets and the one loader ------------------------------------------------------------------------------
+PRESETS: tuple[str, ...] = ("tiny", "unix-full")  # recipes/<name>.yaml; tiny keeps every code path, GQA included
 
 
-def tiny() -> UniXConfig:
-    """A few-hundred-kilo-parameter model that keeps every code path (GQA included), for tests."""
-    return UniXConfig(
-        decoder=DecoderConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                              vocab_size=324),
-        vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2,
-                            num_heads=2),
-        vae=VAEConfig(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(16,), resolution=256),
-        tokens=SpecialTokens(bos=300, eos=301, start_of_image=302, end_of_image=303),
-        sampling=SamplingConfig(num_timesteps=5, image_size=64),
-        decoding=DecodingConfig(max_new_tokens=8),
-        max_latent_size=8,
-        vit_max_num_patch_per_side=4,
-    ).validate()
+def _read_mapping(path: Path, text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                         f"{' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    return data
 
 
-PRESETS = {"unix-full": unix_full, "tiny": tiny}
+def _release_folder_config(folder: Path) -> UniXConfig:
+    config, vae_yaml = folder / "config.json", folder / "vae" / "config.yaml"
+    vae_yaml = vae_yaml if vae_yaml.is_file() else None
+    if config.is_file():
+        return _authors_config(_read_mapping(config, config.read_text()), vae_yaml)
+    log.info("%s has no config.json: using the released UniX configuration", folder)
+    cfg = _from_source("unix-full")
+    if vae_yaml is not None:
+        cfg.vae = vae_config_from_ldm_yaml(vae_yaml)
+    return cfg
 
 
-def preset(name: str) -> UniXConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+def _from_mapping(data: Mapping[str, Any], where: str) -> UniXConfig:
+    """Our format or the authors' config.json (detected by its keys); not yet validated."""
+    if "llm_config" in data or "language_config" in data:
+        return _authors_config(dict(data))
+    return _build(UniXConfig, dict(data), where)
+
+
+def _from_source(source: str | Path | UniXConfig | Mapping[str, Any]) -> UniXConfig:
+    """The config a source describes, before overrides and validation."""
+    if isinstance(source, UniXConfig):
+        return _build(UniXConfig, source.to_dict(), "config")
+    if isinstance(source, Mapping):
+        return _from_mapping(source, "config")
+    if isinstance(source, str) and source in PRESETS:
+        recipe = files("unix_cxr") / "recipes" / f"{source}.yaml"
+        return _from_mapping(_read_mapping(Path(f"{source}.yaml"), recipe.read_text()), "config")
+    path = Path(source)
+    if path.is_dir():
+        return _release_folder_config(path)
+    if not path.is_file():
+        hint = f" (presets: {', '.join(PRESETS)})" if isinstance(source, str) and not path.suffix else ""
+        raise ValueError(f"config {source}: no such preset, file or folder{hint}")
+    data = _read_mapping(path, path.read_text())
+    try:
+        return _from_mapping(data, "config")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a UniX config ({type(err).__name__}: {err})") from None
+
+
+def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """`["a.b=1", "c=[1, 2]"]` (values read as YAML scalars / lists) or a mapping -> {dotted key: value}."""
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. decoder.num_layers=4)")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: the value is not a YAML scalar or list") from None
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set each dotted key of `overrides` in the nested dict `data` (a copy); an unknown key names itself."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for dotted, value in overrides.items():
+        node, parts = data, dotted.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[:depth]) or "config"
+                known = sorted(node) if isinstance(node, dict) else []
+                raise ValueError(f"unknown config key {dotted!r} ({where} has {known})")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+    return data
+
+
+def load_config(source: str | Path | UniXConfig | Mapping[str, Any] = "unix-full",
+                overrides: Sequence[str] | Mapping[str, Any] = ()) -> UniXConfig:
+    """The one way to a UniXConfig: see the module doc. Returns a validated, independent config."""
+    cfg = _from_source(source)
+    changes = parse_overrides(overrides)
+    if changes:
+        cfg = _build(UniXConfig, apply_overrides(cfg.to_dict(), changes), "config")
+    where = source if isinstance(source, str | Path) else "config"
+    try:
+        return cfg.validate()
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 # ---- the authors' formats ------------------------------------------------------------------------------
@@ -251,8 +387,13 @@ def from_authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None
     """Translate the authors' UniX inference config.json (or the Janus-style release config) into ours.
 
     The authors' files do not carry the special token ids (their code hard-codes them): pass `tokens` for a
-    model with another vocabulary.
+    model with another vocabulary (through `load_config`: the overrides `tokens.bos=...`).
     """
+    return _authors_config(data, vae_yaml, tokens).validate()
+
+
+def _authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None,
+                    tokens: SpecialTokens | None = None) -> UniXConfig:
     cfg = UniXConfig(tokens=tokens or SpecialTokens())
     if "llm_config" in data:
         llm = data["llm_config"]
@@ -304,12 +445,12 @@ def from_authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None
         name = data.get("vision_config", {}).get("params", {}).get("model_name", "siglip_large_patch16_384")
         if name not in _JANUS_VISION:
             raise ValueError(f"unknown Janus vision tower {name!r}; known: {sorted(_JANUS_VISION)}")
-        cfg.vision = _JANUS_VISION[name]
+        cfg.vision = dataclasses.replace(_JANUS_VISION[name])
     if vae_yaml is not None:
         cfg.vae = vae_config_from_ldm_yaml(vae_yaml)
     # the inferencer's default output is 512 px (image_shapes); a smaller model draws at its largest size
     cfg.sampling.image_size = min(cfg.sampling.image_size, cfg.max_latent_size * cfg.vae.downsample)
-    return cfg.validate()
+    return cfg
 
 
 def to_authors_config(cfg: UniXConfig) -> dict[str, Any]:

@@ -1,1 +1,2 @@
-"""Checkpoint formats: key maps between the authors' layouts and ours, and safe (non-pickle) conversion."""
+"""All weight I/O: the authors' key layouts and ours, release folders, the VAE's safetensors files and its one-time,
+opt-in pickle conversion."""

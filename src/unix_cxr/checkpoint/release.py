@@ -11,17 +11,18 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import SpecialTokens, UniXConfig, from_authors_config, unix_full, vae_config_from_ldm_yaml
+from ..config import SpecialTokens, UniXConfig, load_config
 from ..model.unix import UniX
-from ..model.vae import LatentVAE, load_vae
+from ..model.vae import LatentVAE
 from .io import load_authors_weights
+from .vae import load_vae
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +36,9 @@ class Release:
 
 
 def release_config(folder: Path, tokens: SpecialTokens | None = None) -> UniXConfig:
-    config = folder / "config.json"
-    vae_yaml = folder / "vae" / "config.yaml"
-    if config.is_file():
-        cfg = from_authors_config(json.loads(config.read_text()), vae_yaml if vae_yaml.is_file() else None, tokens)
-    else:
-        log.info("%s has no config.json: using the released UniX configuration", folder)
-        cfg = unix_full()
-        cfg.tokens = tokens or cfg.tokens
-        if vae_yaml.is_file():
-            cfg.vae = vae_config_from_ldm_yaml(vae_yaml)
-    return cfg
+    """The config of a release folder (`load_config(folder)`), with other special-token ids when given."""
+    overrides = {f"tokens.{k}": v for k, v in dataclasses.asdict(tokens).items()} if tokens else {}
+    return load_config(folder, overrides)
 
 
 def load_tokenizer(folder: str | Path):

@@ -12,14 +12,14 @@ This module imports nothing from `unix_cxr.model`, so model code can use it with
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..utils.atomic import atomic_path
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -56,21 +56,13 @@ def read_safetensors(path: str | Path, skip: Callable[[str], bool] | None = None
 
 def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
                              metadata: dict[str, str] | None = None) -> Path:
-    """Write `tensors` to `path` as safetensors: a temporary file in the same folder, then `os.replace`.
+    """Write `tensors` to `path` as safetensors through the one atomic writer (`unix_cxr.utils.atomic`).
 
-    A crash never leaves a half-written file at `path`, and the temporary file is removed on failure.
     Tensors are detached, made contiguous and moved to the CPU first.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path, "checkpoint") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def summarise_keys(items: list[str], limit: int = 5) -> str:

@@ -72,6 +72,8 @@ def detect_format(path: str | Path) -> str:
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, not an image file")
+    if not path.is_file():  # a FIFO would block the read forever, /dev/zero never ends
+        raise ValueError(f"{path}: not a regular file (a device, FIFO or socket); refusing to read it")
     with path.open("rb") as fh:
         head = fh.read(132)
     if not head:

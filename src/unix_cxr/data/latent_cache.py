@@ -32,8 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ from safetensors import SafetensorError, safe_open
 from unix_cxr.checkpoint.safetensors_io import write_safetensors_atomic
 from unix_cxr.config import UniXConfig
 from unix_cxr.data.sources import SampleRandom, default_record_id, read_caption_lines, stable_hash
+from unix_cxr.utils.atomic import write_atomic
 
 if TYPE_CHECKING:
     from unix_cxr.model.vae import LatentVAE
@@ -152,13 +151,7 @@ def vae_fingerprint(vae: LatentVAE) -> str:
 
 
 def _write_json_atomic(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _shard_name(k: int) -> str:

@@ -2,7 +2,7 @@
 
 `PackedLoader` draws samples from weighted groups of `unix_cxr.data.sources` sources (spec 5.3: ``t2i_pretrain``,
 ``t2i_finetune``, ``vlm_sft``, weights switched per stage), packs them into one sequence with
-`unix_cxr.engines.packing.pack` and yields a `LoaderBatch` (the `PackedBatch` plus what went into it).
+`unix_cxr.data.packing.pack` and yields a `LoaderBatch` (the `PackedBatch` plus what went into it).
 
 Packing (BAGEL's `PackedDataset`, with UniX's micro-batch mode), per `PackingConfig`:
   * a sample with more than `max_tokens_per_sample` tokens (BAGEL ``max_num_tokens_per_sample``) is skipped and
@@ -51,9 +51,9 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from unix_cxr.config import UniXConfig
+from unix_cxr.config import PackingConfig, UniXConfig
+from unix_cxr.data.packing import PackedBatch, pack
 from unix_cxr.data.sources import BuiltSample, SampleRandom, SampleSource, SampleTooLong, stable_hash
-from unix_cxr.engines.packing import PackedBatch, pack
 
 log = logging.getLogger(__name__)
 
@@ -62,59 +62,6 @@ __all__ = ["Group", "LoaderBatch", "PackedLoader", "PackingConfig", "SampleInfo"
 STATE_VERSION = 1
 _MIX_STREAM = stable_hash("mix")
 _PERM_STREAM = stable_hash("permutation")
-
-
-@dataclass(frozen=True)
-class PackingConfig:
-    """How samples become packed sequences (see the module doc). Token counts include BOS/EOS/BOI/EOI markers.
-
-    Spec 5.1 numbers: per-sample cap (``max_seq_len``) 16,384; BAGEL ``max_num_tokens`` 36,864; UniX yields by
-    ``micro_batch_size`` samples (32 per GPU for a global batch of 256 on 8 GPUs without accumulation).
-    Positions restart in every sample, so only a single sample is bounded by ``cfg.decoder.max_position_embeddings``
-    (`engines.packing.pack` refuses longer samples); a packed sequence may be longer.
-    """
-
-    max_tokens: int | None = 16384  # hard cap per packed sequence
-    expected_tokens: int | None = None  # token mode: yield once reached (None: = max_tokens)
-    max_tokens_per_sample: int = 16384  # longer samples are skipped and counted
-    micro_batch_size: int | None = None  # UniX mode: yield once this many samples are packed
-    max_buffer_size: int = 50
-    prefer_buffer_before: int | None = None  # take from the buffer while below this (None: max_tokens // 2)
-
-    def validate(self, cfg: UniXConfig) -> PackingConfig:
-        if self.max_tokens is None and self.micro_batch_size is None:
-            raise ValueError("packing needs max_tokens (token budget), micro_batch_size (UniX mode) or both")
-        for name in ("max_tokens", "expected_tokens", "micro_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"packing {name} must be positive, got {value}")
-        if self.max_tokens_per_sample < 1 or self.max_buffer_size < 0:
-            raise ValueError("packing max_tokens_per_sample must be positive and max_buffer_size non-negative")
-        limit = cfg.decoder.max_position_embeddings
-        if self.max_tokens_per_sample > limit:
-            raise ValueError(f"packing max_tokens_per_sample {self.max_tokens_per_sample} exceeds the decoder's "
-                             f"max_position_embeddings {limit} (engines.packing.pack refuses longer samples)")
-        if self.expected_tokens is not None and self.max_tokens is not None and self.expected_tokens > self.max_tokens:
-            raise ValueError(f"packing expected_tokens {self.expected_tokens} > max_tokens {self.max_tokens}")
-        return self
-
-    @property
-    def sample_cap(self) -> int:
-        """Samples above this are skipped: the per-sample cap, and never more than a whole sequence."""
-        return min(self.max_tokens_per_sample, self.max_tokens or self.max_tokens_per_sample)
-
-    @property
-    def yield_tokens(self) -> int | None:
-        """Token count at which a sequence is complete (token mode)."""
-        if self.expected_tokens is not None:
-            return self.expected_tokens
-        return self.max_tokens if self.micro_batch_size is None else None
-
-    @property
-    def buffer_threshold(self) -> int:
-        if self.prefer_buffer_before is not None:
-            return self.prefer_buffer_before
-        return (self.max_tokens or 0) // 2
 
 
 @dataclass(frozen=True)

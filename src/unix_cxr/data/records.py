@@ -15,22 +15,17 @@ eval commands): each non-blank line parsed, or why it cannot be.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..chexpert import check_labels
+from ..utils.atomic import atomic_open
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Split names, in the order `assign_splits` lays them on the unit interval."""
-
-FRONTAL_VIEWS: frozenset[str] = frozenset({"PA", "AP"})
-"""View positions that count as frontal (the paper trains on frontal radiographs only)."""
 
 # official split names of the public data sets -> ours (MIMIC-CXR: validate; CheXpert: valid)
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
@@ -45,11 +40,6 @@ def normalize_split(value: str | None) -> str | None:
     if name is None:
         raise ValueError(f"unknown split {value!r} (expected one of {sorted(_SPLIT_ALIASES)})")
     return name
-
-
-def is_frontal(view: str | None) -> bool:
-    """True for a PA or AP view position (case and surrounding blanks ignored)."""
-    return view is not None and view.strip().upper() in FRONTAL_VIEWS
 
 
 @dataclass(frozen=True)
@@ -136,26 +126,10 @@ def views_summary(views: Iterable[str | None]) -> str | None:
     return ",".join(known) if known else None
 
 
-@contextmanager
-def atomic_writer(path: str | Path) -> Iterator[IO[str]]:
-    """Open ``path`` for writing text (UTF-8, ``\\n`` newlines) through a temporary file that replaces it only when
-    the block ends without an exception; the parent folder is created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            yield handle
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write one JSON object per line, atomically. Returns the number of lines."""
     count = 0
-    with atomic_writer(path) as out:
+    with atomic_open(path) as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
@@ -164,7 +138,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write one JSON document (indented), atomically."""
-    with atomic_writer(path) as out:
+    with atomic_open(path) as out:
         json.dump(data, out, ensure_ascii=False, indent=1)
         out.write("\n")
 

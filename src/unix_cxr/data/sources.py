@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from unix_cxr.config import UniXConfig
+from unix_cxr.data.packing import Latent, Segment, Text, VitImage, image_rows, text_rows
 from unix_cxr.data.records import iter_jsonl_lines
-from unix_cxr.engines.packing import Latent, Text, VitImage
 
 if TYPE_CHECKING:
     from unix_cxr.model.vae import LatentVAE
@@ -53,10 +53,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BuiltSample", "CaptionRecord", "CaptionSource", "ChatRecord", "ChatSource", "LatentStore", "SampleRandom",
     "SampleSource", "SampleTooLong", "Segment", "as_tokenize", "default_record_id", "read_caption_jsonl",
-    "read_caption_lines", "read_chat_jsonl", "segment_num_tokens", "stable_hash",
+    "read_caption_lines", "read_chat_jsonl", "stable_hash",
 ]
 
-Segment = Text | VitImage | Latent
 Tokenize = Callable[[str], list[int]]
 IMAGE_TAG = "<image>"
 Posterior = Literal["sample", "mean"]
@@ -111,17 +110,6 @@ def default_record_id(image: str) -> str:
     """The id of a record that has none: its image path as written, POSIX separators, without the suffix."""
     path = PurePosixPath(image.replace("\\", "/"))
     return path.with_suffix("").as_posix() if path.suffix else path.as_posix()
-
-
-def segment_num_tokens(segment: Segment, cfg: UniXConfig) -> int:
-    """Rows the segment takes in a packed sequence, markers included (engines.packing.pack's layout)."""
-    if isinstance(segment, Text):
-        return len(segment.ids) + 2
-    if isinstance(segment, VitImage):
-        return cfg.vision.num_patches + 2
-    if isinstance(segment, Latent):
-        return segment.latent.shape[1] * segment.latent.shape[2] + 2
-    raise TypeError(f"unknown segment type {type(segment).__name__}")
 
 
 def _resolve(image: str, root: Path) -> str:
@@ -352,8 +340,8 @@ class ChatSource(SampleSource):
 
         record = self.records[index]
         plan = self.plan(record)
-        image_tokens = self.cfg.vision.num_patches + 2
-        num_tokens = sum(image_tokens if kind == "image" else len(value) + 2 for kind, value, _ in plan)
+        vit_rows = image_rows(self.cfg.vision.num_patches)
+        num_tokens = sum(vit_rows if kind == "image" else text_rows(len(value)) for kind, value, _ in plan)
         _check_cap(record.id, num_tokens, token_cap)
         segments: list[Segment] = []
         for kind, value, loss in plan:
@@ -426,7 +414,7 @@ class CaptionSource(SampleSource):
         dropped = rand.uniform("caption_dropout") < self.caption_dropout
         ids = [] if dropped else self.tokenize(caption)
         _, h, w = self.latent_shape
-        num_tokens = h * w + 2 + (0 if dropped else len(ids) + 2)
+        num_tokens = image_rows(h * w) + (0 if dropped else text_rows(len(ids)))
         _check_cap(record.id, num_tokens, token_cap)
         latent = self._latent(record, rand)
         segments: list[Segment] = [] if dropped else [Text(ids)]

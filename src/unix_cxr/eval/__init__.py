@@ -1,1 +1,2 @@
-"""Evaluation: CheXpert labels, report and image metrics, results cards."""
+"""Evaluation: CheXpert labels, report and image metrics, cycle consistency, results cards and parity with the
+authors' goldens."""

@@ -11,8 +11,10 @@ against itself, with no reference data beyond the inputs:
   sets: the Fréchet distance, when there are more images than feature dimensions, or as many as asked for).
 
 Everything goes through a :class:`UnifiedPipeline` -- ``read(images) -> reports`` and ``draw(reports, seed) ->
-images`` -- so any model with the two engines can be measured; :class:`UniXPipeline` implements it with this
-package's :class:`~unix_cxr.engines.report.ReportGenerator` and :class:`~unix_cxr.engines.image.ImageGenerator`.
+images`` -- so any model with the two engines can be measured; :class:`unix_cxr.infer.pipeline.UniXPipeline`
+implements it with this package's :class:`~unix_cxr.infer.report.ReportGenerator` and
+:class:`~unix_cxr.infer.image.ImageGenerator`. (``t2i_prompt``, ``as_grey_uint8`` and ``DEFAULT_REPORT_PROMPT``
+live there too and are re-exported here.)
 
 Label comparison (:func:`compare_labels`), with the reference labels on one side (the input report's, or the report
 read from the original image) and the re-read labels on the other:
@@ -37,7 +39,6 @@ defined) and names the pipeline, the labeler and the encoder. The numbers only m
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import warnings
@@ -46,30 +47,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from ..chexpert import CHEXPERT_LABELS, check_labels
-from ..config import DecodingConfig, SamplingConfig
-from ..data.writers import FINDINGS_AND_IMPRESSION, IMAGE_TOKEN, PROMPT_TEMPLATES
+from ..infer.pipeline import DEFAULT_REPORT_PROMPT, as_grey_uint8, t2i_prompt
 from . import image_metrics as im
 from . import report_metrics as rm
+from .runner import label_texts, rule_labeler_description
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_REPORT_PROMPT", "FeatureDistance", "ImageCycleItem", "ImageCycleResult", "LabelAgreement",
-           "ReportCycleItem", "ReportCycleResult", "UniXPipeline", "UnifiedPipeline", "as_grey_uint8",
-           "compare_labels", "describe_labeler", "feature_distance", "image_report_image", "report_image_report",
-           "t2i_prompt"]
-
-DEFAULT_REPORT_PROMPT = PROMPT_TEMPLATES[FINDINGS_AND_IMPRESSION][0]
-"""The report prompt of :class:`UniXPipeline`: template 1 of the authors' FINDINGS-and-IMPRESSION set (spec §6.3)."""
+           "ReportCycleItem", "ReportCycleResult", "UnifiedPipeline", "as_grey_uint8", "compare_labels",
+           "describe_labeler", "feature_distance", "image_report_image", "report_image_report", "t2i_prompt"]
 
 Labels = dict[str, "int | None"]
 _NOT_MENTIONED = 2  # code of None in the label matrices (1, 0, -1 are their own codes)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The pipeline protocol and its UniX implementation
+# The pipeline protocol (unix_cxr.infer.pipeline.UniXPipeline implements it for UniX)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -89,165 +85,6 @@ class UnifiedPipeline(Protocol):
     def draw(self, reports: Sequence[str], seed: int = 0) -> list[np.ndarray]: ...
 
 
-def t2i_prompt(report: str) -> str:
-    """The text-to-image prompt of a report: its FINDINGS text without the ``FINDINGS:`` prefix, as in the authors'
-    generation data (spec §6.3, ``unix_cxr.data.writers.write_captions``).
-
-    A report in the form ``FINDINGS: ... [IMPRESSION: ...]`` gives its findings (the impression when it has no
-    findings); any other text is used whole, with its white space collapsed.
-    """
-    from ..data.records import split_report
-
-    text = " ".join(report.split())
-    try:
-        findings, impression = split_report(text)
-    except ValueError:
-        return text
-    return findings or impression
-
-
-def as_grey_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W) grey or (H, W, 1) / (H, W, 3) RGB uint8 -> (H, W) uint8; RGB through ITU-R 601 luma (PIL ``"L"``, as
-    ``unix_cxr.data.imageio`` reads colour files). A 2-D float image in [0, 1] is quantised as the transforms do."""
-    from PIL import Image
-
-    from ..data.transforms import as_uint8_grey
-
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        return as_uint8_grey(arr)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"expected a grey (H, W) or RGB (H, W, 3) image, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"RGB images must be uint8, got {arr.dtype}")
-    if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
-        return np.ascontiguousarray(arr[..., 0])
-    return np.asarray(Image.fromarray(arr, "RGB").convert("L"))
-
-
-def _checked_overrides(overrides: Mapping[str, Any] | None, config: type, what: str) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides or {}) - names)
-    if unknown:
-        raise ValueError(f"unknown {what} settings {unknown}; expected some of {sorted(names)}")
-    return dict(overrides or {})
-
-
-class UniXPipeline:
-    """:class:`UnifiedPipeline` of a UniX model with this package's engines.
-
-    Args:
-        model, vae, tokenizer: e.g. the fields of :func:`unix_cxr.checkpoint.release.load_release`'s result; the VAE
-            is needed by ``draw`` only. The tokenizer needs ``encode(text, add_special_tokens=False)`` and
-            ``decode(ids, skip_special_tokens=True)`` (a Hugging Face tokenizer).
-        report_prompt: the instruction of ``read`` (default :data:`DEFAULT_REPORT_PROMPT`; a leading ``<image>`` tag
-            is dropped: the engine places the image block itself). Encoded without special tokens.
-        decoding: overrides of the model's :class:`~unix_cxr.config.DecodingConfig` (``max_new_tokens``,
-            ``do_sample``, ``temperature``, ``top_p``, ``double_bos``).
-        sampling: overrides of its :class:`~unix_cxr.config.SamplingConfig` (``num_timesteps``, ``cfg_text_scale``,
-            ...; ``image_size`` too, unless ``image_size`` is given).
-        image_size: side of the drawn images (default: the sampling image size, 512 for the release).
-        pad: how ``read`` squares an image for SigLIP (``unix_cxr.data.transforms.siglip_transform``; "white" as the
-            authors' evaluation).
-        batch_size: images (or reports) per engine call.
-        read_seed: seed of ``read`` when decoding samples (``do_sample``); greedy decoding needs none. With sampling
-            the texts also depend on ``batch_size`` (one generator across each batch).
-        progress: a progress bar over the batches.
-
-    ``draw`` uses the report's :func:`t2i_prompt` (findings without the ``FINDINGS:`` prefix), one CPU generator
-    seeded with ``seed`` for the initial noise of all images in order (so the images do not depend on
-    ``batch_size``), and returns (S, S, 3) uint8 arrays.
-    """
-
-    def __init__(self, model: Any, vae: Any, tokenizer: Any, *, report_prompt: str = DEFAULT_REPORT_PROMPT,
-                 decoding: Mapping[str, Any] | None = None, sampling: Mapping[str, Any] | None = None,
-                 image_size: int | None = None, pad: str = "white", batch_size: int = 4, read_seed: int = 0,
-                 progress: bool = False, name: str = "UniX") -> None:
-        from ..data.sources import as_tokenize
-        from ..data.transforms import SIGLIP_PADS, vae_size
-        from ..engines.image import ImageGenerator
-        from ..engines.report import ReportGenerator
-
-        if tokenizer is None:
-            raise ValueError("UniXPipeline needs a tokenizer (the release folder has no tokenizer files?)")
-        if pad not in SIGLIP_PADS:
-            raise ValueError(f"pad must be one of {SIGLIP_PADS}, got {pad!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.vae, self.tokenizer = model, vae, tokenizer
-        self.name = name
-        self.decoding = _checked_overrides(decoding, DecodingConfig, "decoding")
-        self.sampling = _checked_overrides(sampling, SamplingConfig, "sampling")
-        size = self.sampling.pop("image_size", None) if image_size is None else image_size
-        self.sampling.pop("image_size", None)
-        self.image_size = vae_size(size, model.cfg)
-        if report_prompt.startswith(IMAGE_TOKEN):
-            report_prompt = report_prompt[len(IMAGE_TOKEN):]
-        self.report_prompt = report_prompt
-        self.pad = pad
-        self.batch_size = batch_size
-        self.read_seed = read_seed
-        self.progress = progress
-        self._encode = as_tokenize(tokenizer)
-        self.prompt_ids = self._encode(report_prompt)
-        self.reporter = ReportGenerator(model)
-        self.drawer = ImageGenerator(model, None, vae)
-
-    def describe(self) -> dict[str, Any]:
-        """Settings for a results card."""
-        return {"name": self.name, "report_prompt": self.report_prompt, "decoding_overrides": dict(self.decoding),
-                "sampling_overrides": dict(self.sampling), "image_size": self.image_size, "pad": self.pad,
-                "batch_size": self.batch_size, "read_seed": self.read_seed,
-                "t2i_prompt": "FINDINGS text without the 'FINDINGS:' prefix"}
-
-    def _batches(self, n: int, desc: str) -> Any:
-        from tqdm.auto import tqdm
-
-        return tqdm(range(0, n, self.batch_size), desc=desc, unit="batch", disable=not self.progress)
-
-    @torch.inference_mode()
-    def read(self, images: Sequence[np.ndarray]) -> list[str]:
-        """Report text of each image (greedy unless the decoding overrides sample)."""
-        from ..data.transforms import siglip_transform
-
-        vision = self.model.cfg.vision
-        pixels = [siglip_transform(as_grey_uint8(img), vision, pad=self.pad) for img in images]
-        do_sample = self.decoding.get("do_sample", self.reporter.decoding.do_sample)
-        device = self.model.lm_head.weight.device
-        generator = torch.Generator(device=device).manual_seed(self.read_seed) if do_sample else None
-        texts: list[str] = []
-        unfinished = 0
-        for start in self._batches(len(pixels), f"{self.name}: reading"):
-            batch = torch.stack(pixels[start:start + self.batch_size])
-            out = self.reporter.generate(batch, [self.prompt_ids] * batch.shape[0], generator=generator,
-                                         **self.decoding)
-            unfinished += sum(not f for f in out.finished)
-            texts += [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.token_ids]
-        if unfinished:
-            log.info("%s: %d of %d reports stopped at max_new_tokens before EOS", self.name, unfinished, len(texts))
-        return texts
-
-    @torch.inference_mode()
-    def draw(self, reports: Sequence[str], seed: int = 0) -> list[np.ndarray]:
-        """An (S, S, 3) uint8 image for each report, from its :func:`t2i_prompt`."""
-        if self.vae is None:
-            raise ValueError(f"{self.name}: drawing images needs the VAE (the release folder has no vae/?)")
-        prompts = [t2i_prompt(r) for r in reports]
-        if any(not p for p in prompts):
-            log.warning("%s: %d empty text-to-image prompt(s): those images are drawn from [BOS][EOS] alone",
-                        self.name, sum(not p for p in prompts))
-        ids = [self._encode(p) for p in prompts]
-        generator = torch.Generator().manual_seed(int(seed))
-        out: list[np.ndarray] = []
-        for start in self._batches(len(ids), f"{self.name}: drawing"):
-            images = self.drawer.generate(ids[start:start + self.batch_size], self.image_size, self.image_size,
-                                          generator=generator, **self.sampling)
-            out += [np.ascontiguousarray(a) for a in images.cpu().numpy()]
-        return out
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Labels
 # --------------------------------------------------------------------------------------------------------------
@@ -256,7 +93,6 @@ class UniXPipeline:
 def describe_labeler(labeler: Any) -> dict[str, Any]:
     """``{"name", "metric_name", ...}`` of a labeler: the rule labeler's card entry, a labeler's own ``describe()``
     (CheXbert), else its ``name`` / ``f1_name`` attributes (class name and "CheXpert F1 (<name>)" by default)."""
-    from .eval_cli import rule_labeler_description
     from .labeler import Labeler
 
     if isinstance(labeler, Labeler):
@@ -271,8 +107,6 @@ def describe_labeler(labeler: Any) -> dict[str, Any]:
 
 
 def _label(labeler: Any, texts: Sequence[str], desc: str) -> list[Labels]:
-    from .eval_cli import label_texts
-
     if not callable(getattr(labeler, "label_many", None)):
         raise TypeError(f"labeler must have label_many(texts) -> [labels], got {type(labeler).__name__}")
     return label_texts(labeler, list(texts), desc=desc)

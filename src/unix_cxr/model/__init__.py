@@ -1,1 +1,2 @@
-"""UniX model modules: vision tower + connector, decoder, VAE and their building blocks."""
+"""The UniX model: it only computes (no files, no noise, no losses). Decoder, attention, masks, RoPE, embeddings,
+vision tower + connector and the VAE module."""

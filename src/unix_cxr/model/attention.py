@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..config import ATTENTION_BACKENDS as BACKENDS
 from .masks import PackedLayout
-
-BACKENDS = ("sdpa", "flex", "flash")
 
 
 def check_backend(name: str) -> str:
@@ -50,10 +50,13 @@ def _flex_kernel(device_type: str):
     return flex_attention if device_type == "cpu" else torch.compile(flex_attention, dynamic=True)
 
 
-def _flex(q, k, v, mask_mod, q_len: int, kv_len: int, batch: int | None):
+def _block_mask(mask_mod, q_len: int, kv_len: int, batch: int | None, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    block_mask = create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=q.device)
+    return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device)
+
+
+def _flex(q, k, v, block_mask):
     with warnings.catch_warnings():  # on CPU the unfused eager path is the intended one
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         return _flex_kernel(q.device.type)(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
@@ -81,31 +84,39 @@ def cached_attention(q, k, v, mask: torch.Tensor, causal: bool, backend: str) ->
         return _flash_rows(q, k, v, mask, causal)
     if backend == "flex":
         dense = mask[:, 0]
-        out = _flex(q, k, v, lambda b, h, qi, ki: dense[b, qi, ki], q.shape[2], k.shape[2], q.shape[0])
-        return _merge_heads(out)
+        block_mask = _block_mask(lambda b, h, qi, ki: dense[b, qi, ki], q.shape[2], k.shape[2], q.shape[0], q.device)
+        return _merge_heads(_flex(q, k, v, block_mask))
     return _merge_heads(_sdpa(q, k, v, mask))
 
 
-def packed_attention(q, k, v, layout: PackedLayout, backend: str) -> torch.Tensor:
-    """Attention over one packed training sequence (B = 1) with the split semantics of masks.PackedLayout."""
-    if backend == "flash":
-        raise ValueError("the flash backend covers inference only; packed training masks need 'sdpa' or 'flex'")
-    if backend == "flex":
-        layout = _on_device(layout, q.device)
-        out = _flex(q, k, v, lambda b, h, qi, ki: layout.allowed(qi, ki), q.shape[2], k.shape[2], None)
-        return _merge_heads(out)
-    outs = []
-    for start, end in layout.sample_bounds():
-        idx = torch.arange(start, end)
-        mask = layout.allowed(idx[:, None], idx[None, :]).to(q.device)
-        outs.append(_sdpa(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], mask))
-    return _merge_heads(torch.cat(outs, dim=2))
+@dataclass(frozen=True)
+class PackedStep:
+    """The attention plan of one packed training sequence (B = 1), made once per forward and shared by every
+    layer: for sdpa the boolean mask of each sample (samples never see each other, so each is attended alone
+    and memory is O(sum of L_s^2)); for flex one block mask over the whole sequence."""
 
+    backend: str
+    sample_masks: tuple[tuple[int, int, torch.Tensor], ...] = ()  # sdpa: (start, end, (L_s, L_s) mask)
+    block_mask: object | None = None  # flex
 
-@functools.lru_cache(maxsize=8)
-def _layout_on(layout: PackedLayout, device: torch.device) -> PackedLayout:
-    return PackedLayout(layout.sample_id.to(device), layout.split_id.to(device), layout.mode.to(device))
+    @classmethod
+    def prepare(cls, layout: PackedLayout, backend: str, device: torch.device) -> PackedStep:
+        """The split semantics of masks.PackedLayout for `backend`, on `device`."""
+        if backend == "flash":
+            raise ValueError("the flash backend covers inference only; packed training masks need 'sdpa' or 'flex'")
+        if backend == "flex":
+            on = PackedLayout(layout.sample_id.to(device), layout.split_id.to(device), layout.mode.to(device))
+            n = len(layout)
+            return cls(backend, block_mask=_block_mask(lambda b, h, qi, ki: on.allowed(qi, ki), n, n, None, device))
+        masks = []
+        for start, end in layout.sample_bounds():
+            idx = torch.arange(start, end)
+            masks.append((start, end, layout.allowed(idx[:, None], idx[None, :]).to(device)))
+        return cls(backend, sample_masks=tuple(masks))
 
-
-def _on_device(layout: PackedLayout, device: torch.device) -> PackedLayout:
-    return layout if layout.sample_id.device == device else _layout_on(layout, device)
+    def attend(self, layer: int, q, k, v) -> torch.Tensor:
+        """q (1, H, N, d), k / v (1, Hkv, N, d) -> (1, N, H*d); the same for every layer."""
+        if self.block_mask is not None:
+            return _merge_heads(_flex(q, k, v, self.block_mask))
+        outs = [_sdpa(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], mask) for s, e, mask in self.sample_masks]
+        return _merge_heads(torch.cat(outs, dim=2))

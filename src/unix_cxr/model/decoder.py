@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
-from .attention import cached_attention, check_backend, packed_attention
+from .attention import PackedStep, cached_attention, check_backend
 from .masks import PackedLayout, cache_attention_mask
 from .rope import apply_rope, rope_cos_sin
 
@@ -158,7 +158,7 @@ class CacheAttention:
     causal: bool
     write: bool
 
-    def prepare(self, query_len: int) -> CacheStep:
+    def prepare(self, query_len: int, backend: str) -> CacheStep:
         """What every layer of one forward shares, computed once: mask, cache columns read, write offset."""
         lens = self.cache.lens
         longest = int(lens.max())
@@ -170,7 +170,7 @@ class CacheAttention:
         else:
             read, key_len = longest, longest + query_len
         mask = cache_attention_mask(lens, query_len, self.causal, key_len, appended=self.write)
-        return CacheStep(self, mask, read, longest if uniform else None)
+        return CacheStep(self, mask, read, longest if uniform else None, backend)
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,9 @@ class CacheStep:
     mask: torch.Tensor  # (B, 1, Lq, Lk)
     read: int  # cache columns each layer reads
     write_start: int | None  # common write offset, None for ragged rows
+    backend: str
 
-    def attend(self, layer: int, q, k, v, backend: str) -> torch.Tensor:
+    def attend(self, layer: int, q, k, v) -> torch.Tensor:
         cache = self.spec.cache
         k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
         if self.spec.write:
@@ -189,7 +190,7 @@ class CacheStep:
         else:
             k_c, v_c = cache.view(layer, self.read)
             k_all, v_all = torch.cat([k_c, k], dim=2), torch.cat([v_c, v], dim=2)
-        out = cached_attention(q.to(k_all.dtype), k_all, v_all, self.mask, self.spec.causal, backend)
+        out = cached_attention(q.to(k_all.dtype), k_all, v_all, self.mask, self.spec.causal, self.backend)
         return out.to(q.dtype)
 
 
@@ -200,7 +201,7 @@ class MoTLayer(nn.Module):
         self.gen = Expert(cfg) if with_generation else None
         self.cfg = cfg
 
-    def forward(self, x_BLD, cos, sin, route: Route, layer_idx: int, attention, backend: str):
+    def forward(self, x_BLD, cos, sin, route: Route, layer_idx: int, step: PackedStep | CacheStep):
         b, length, dim = x_BLD.shape
         h, kv, d = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         x_TD = x_BLD.reshape(b * length, dim)
@@ -210,15 +211,9 @@ class MoTLayer(nn.Module):
         q = apply_rope(q.view(b, length, h, d).transpose(1, 2), cos, sin)
         k = apply_rope(k.view(b, length, kv, d).transpose(1, 2), cos, sin)
         v = v.view(b, length, kv, d).transpose(1, 2)
-        attn_BLD = self._attend(q, k, v, layer_idx, attention, backend)
+        attn_BLD = step.attend(layer_idx, q, k, v)
         out = route.map(self.und.finish, gen.finish, attn_BLD.reshape(b * length, -1), x_TD)
         return out.view(b, length, dim)
-
-    @staticmethod
-    def _attend(q, k, v, layer_idx: int, attention, backend: str):
-        if isinstance(attention, PackedLayout):
-            return packed_attention(q, k, v, attention, backend)
-        return attention.attend(layer_idx, q, k, v, backend)
 
 
 class MoTDecoder(nn.Module):
@@ -233,7 +228,7 @@ class MoTDecoder(nn.Module):
         self.layers = nn.ModuleList(MoTLayer(cfg, with_generation) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if with_generation else None
-        self.attention_backend = "sdpa"
+        self.attention_backend = check_backend(cfg.attention_backend)
 
     def set_attention_backend(self, name: str) -> None:
         self.attention_backend = check_backend(name)
@@ -258,9 +253,12 @@ class MoTDecoder(nn.Module):
         route = Route.from_mask(gen_mask)
         if route.only != "und" and not self.with_generation:
             raise ValueError("generation tokens given to a report-only decoder (built with_generation=False)")
-        step = attention.prepare(x_BLD.shape[1]) if isinstance(attention, CacheAttention) else attention
+        if isinstance(attention, PackedLayout):  # the mask (sdpa) or block mask (flex) is made once, here
+            step = PackedStep.prepare(attention, self.attention_backend, x_BLD.device)
+        else:
+            step = attention.prepare(x_BLD.shape[1], self.attention_backend)
         for i, layer in enumerate(self.layers):
-            x_BLD = layer(x_BLD, cos, sin, route, i, step, self.attention_backend)
+            x_BLD = layer(x_BLD, cos, sin, route, i, step)
             if hidden_states is not None:
                 hidden_states.append(x_BLD)
         if isinstance(attention, CacheAttention) and attention.write:

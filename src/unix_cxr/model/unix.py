@@ -1,7 +1,11 @@
 """The UniX model: MoT decoder + SigLIP vision encoder + generation-side embeddings and heads (spec 1.1).
 
-The model only computes: embeddings in, hidden states out, and the two heads. Noise, timesteps, losses,
-sampling and guidance live in `unix_cxr.engines`. The VAE is a separate object (`model.vae.LatentVAE`).
+The model only computes. `UniX.forward(PackedInputs)` runs one packed training sequence: it embeds the text,
+ViT and (already noised) latent rows, runs the decoder once (the packed mask made once) and applies the two heads
+to the rows the caller names; so data-parallel wrappers that hook the root's forward (FSDP2's `fully_shard`) see
+every parameter used. Noise, x_t, targets and losses live in `unix_cxr.train.objectives`; sampling and guidance in
+`unix_cxr.infer`, which call the embedding and head methods below with a KV cache. The VAE is a separate object
+(`model.vae.LatentVAE`).
 
 `with_generation=False` builds a report-only model: no generation experts, no generation final norm and no
 generation embeddings/heads are ever allocated (about 1.2 B fewer parameters at full size).
@@ -9,13 +13,50 @@ generation embeddings/heads are ever allocated (about 1.2 B fewer parameters at 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..config import UniXConfig
 from .decoder import MoTDecoder
 from .embeddings import PositionTable, TimestepEmbedder, sincos_2d_table
+from .masks import PackedLayout
 from .vision import VisionEncoder
+
+
+@dataclass
+class PackedInputs:
+    """One packed sequence of N rows, as `UniX.forward` takes it (built by `unix_cxr.data.packing` + the objective).
+
+    Rows are filled from three sources; every row is exactly one of them:
+      text_ids (Nt,) at text_indexes (Nt,): text and image-marker tokens (understanding expert);
+      vit_pixel_values (I, 3, S, S) at vit_indexes (I * patches,): SigLIP tokens, image by image;
+      latent_x_t (M, C) at latent_indexes (M,) with latent_timesteps (M,) and latent_position_ids (M,): VAE latent
+        tokens (generation expert), noised by the caller (t = 0 for clean conditioning images).
+    logit_rows / velocity_rows: the rows whose hidden state goes through lm_head / llm2vae.
+    """
+
+    layout: PackedLayout
+    position_ids: torch.Tensor
+    text_ids: torch.Tensor
+    text_indexes: torch.Tensor
+    vit_pixel_values: torch.Tensor | None
+    vit_indexes: torch.Tensor
+    latent_x_t: torch.Tensor
+    latent_timesteps: torch.Tensor
+    latent_indexes: torch.Tensor
+    latent_position_ids: torch.Tensor
+    logit_rows: torch.Tensor
+    velocity_rows: torch.Tensor
+
+
+@dataclass
+class UniXOutput:
+    hidden: torch.Tensor  # (N, D) final (per-expert normed) hidden states
+    logits: torch.Tensor  # (len(logit_rows), V)
+    velocity: torch.Tensor  # (len(velocity_rows), C)
+    hidden_states: list[torch.Tensor] | None = None  # (N, D) residual stream after each layer, if asked
 
 
 class UniX(nn.Module):
@@ -52,6 +93,31 @@ class UniX(nn.Module):
             self.latent_pos_embed.pos_embed.copy_(sincos_2d_table(self.cfg.max_latent_size, d))
         ids = self.vision.tower.embeddings.position_ids
         ids.copy_(torch.arange(ids.shape[-1], device=ids.device).expand_as(ids))
+
+    # ---- the packed forward ------------------------------------------------------------------------------
+    def forward(self, inputs: PackedInputs, keep_hidden_states: bool = False) -> UniXOutput:
+        device, dtype = self.lm_head.weight.device, self.lm_head.weight.dtype
+        n, dim = inputs.position_ids.numel(), self.cfg.decoder.hidden_size
+        seq = torch.zeros(n, dim, device=device, dtype=dtype)
+        seq = seq.index_copy(0, inputs.text_indexes.to(device), self.embed_text(inputs.text_ids.to(device)))
+        if inputs.vit_pixel_values is not None:
+            vis = self.embed_images(inputs.vit_pixel_values.to(device))
+            seq = seq.index_copy(0, inputs.vit_indexes.to(device), vis.reshape(-1, dim))
+        gen_mask = torch.zeros(n, dtype=torch.bool, device=device)
+        if inputs.latent_indexes.numel():
+            rows = inputs.latent_indexes.to(device)
+            emb = self.embed_latents(inputs.latent_x_t.to(device), inputs.latent_timesteps.to(device),
+                                     inputs.latent_position_ids.to(device))
+            seq = seq.index_copy(0, rows, emb.to(dtype))
+            gen_mask[rows] = True
+        hidden_states = [] if keep_hidden_states else None
+        hidden = self.decoder(seq[None], inputs.position_ids.to(device)[None], gen_mask[None], inputs.layout,
+                              hidden_states)[0]
+        logits = self.logits(hidden[inputs.logit_rows.to(device)])
+        velocity_rows = inputs.velocity_rows.to(device)
+        velocity = self.velocity(hidden[velocity_rows]) if velocity_rows.numel() else \
+            hidden.new_zeros(0, self.cfg.vae.z_channels)
+        return UniXOutput(hidden, logits, velocity, [h[0] for h in hidden_states] if keep_hidden_states else None)
 
     # ---- embeddings ---------------------------------------------------------------------------------------
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import logging
 import time
 from typing import Any
 
-import torch
-
-from .latent_cache import CACHE_DTYPES, STORES, cache_latents, read_items
+# the choices of unix_cxr.data.latent_cache (STORES, CACHE_DTYPES), written out so that --help needs no torch
+STORES = ("moments", "mean", "sample")
+CACHE_DTYPES = ("bfloat16", "float32")
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,11 @@ MAX_LISTED = 20
 
 
 def _cmd_cache_latents(args: argparse.Namespace) -> int:
-    from unix_cxr.model.vae import load_vae
+    import torch
+
+    from ..checkpoint.vae import load_vae
+    from ..data.latent_cache import cache_latents, read_items
+
 
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError(f"--shard-size and --batch-size must be positive, got {args.shard_size}, {args.batch_size}")

@@ -1,7 +1,7 @@
 """Image generation (spec 2.4 b', 4.2): prompts -> latents -> images, by flow-matching Euler sampling.
 
-  * time grid: s = linspace(1, 0, num_timesteps), t = shift*s / (1 + (shift-1)*s); num_timesteps - 1 Euler
-    updates x <- x - v(x, t_i) * (t_i - t_{i+1}) (the velocity points from data, t = 0, to noise, t = 1);
+  * time grid and Euler updates: `unix_cxr.flow.EulerScheduler` (num_timesteps points, num_timesteps - 1 updates
+    x <- x - v(x, t_i) * (t_i - t_{i+1}); the velocity points from data, t = 0, to noise, t = 1);
   * text CFG where lo < t_i <= hi: v = v_u + s*(v_c - v_u), then renorm (global: times
     clamp(||v_c|| / (||v|| + 1e-8), min, 1) over the whole image; channel / text_channel: per token);
   * the conditional context [BOS] prompt [EOS] is prefilled once into a KV cache; the unconditional branch is
@@ -11,24 +11,17 @@
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..config import SamplingConfig
+from ..flow import EulerScheduler
 from ..model.decoder import CacheAttention, KVCache
 from ..model.embeddings import latent_position_ids
 from ..model.unix import UniX
 from ..model.vae import LatentVAE, to_uint8_hwc
-
-
-def timestep_schedule(num_timesteps: int, shift: float) -> torch.Tensor:
-    """The shifted time grid, from 1 (noise) to 0 (data): num_timesteps points."""
-    if num_timesteps < 2:
-        raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps}")
-    s = torch.linspace(1, 0, num_timesteps)
-    return shift * s / (1 + (shift - 1) * s)
 
 
 def in_cfg_interval(t: float, interval: tuple[float, float]) -> bool:
@@ -51,11 +44,6 @@ def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, reno
 def latents_to_nchw(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, h*w, C) row-major tokens -> (B, C, h, w)."""
     return tokens.view(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
-
-
-def nchw_to_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h*w, C) row-major tokens."""
-    return latents.permute(0, 2, 3, 1).reshape(latents.shape[0], -1, latents.shape[1])
 
 
 @dataclass
@@ -113,8 +101,12 @@ class ImageGenerator:
     @torch.inference_mode()
     def sample(self, prompt_ids: list[list[int]], height: int | None = None, width: int | None = None,
                generator: torch.Generator | None = None, init_noise: torch.Tensor | None = None,
-               trace: SamplingTrace | None = None, **sampling_overrides) -> torch.Tensor:
-        """Prompts -> normalised latents (B, C, h, w). Noise from `init_noise` (B, n, C) or `generator`."""
+               trace: SamplingTrace | None = None, on_step: Callable[[int, int], None] | None = None,
+               **sampling_overrides) -> torch.Tensor:
+        """Prompts -> normalised latents (B, C, h, w). Noise from `init_noise` (B, n, C) or `generator`.
+
+        `on_step(step, total)`: called after each Euler update, step = 1 .. total = num_timesteps - 1.
+        """
         cfg = replace(self.sampling, **sampling_overrides)
         cfg.validate()
         height = height or cfg.image_size
@@ -132,8 +124,9 @@ class ImageGenerator:
 
         cond = self.encode_context(prompt_ids)
         both = cond.with_empty_rows(b)
-        t_grid = timestep_schedule(cfg.num_timesteps, cfg.timestep_shift).tolist()
-        for t, t_next in itertools.pairwise(t_grid):
+        scheduler = EulerScheduler(cfg.timestep_shift)
+        scheduler.set_timesteps(cfg.num_timesteps)
+        for i, t in enumerate(scheduler.timesteps[:-1]):
             guided = cfg.cfg_text_scale != 1.0 and in_cfg_interval(t, cfg.cfg_interval)
             if guided:
                 v_both = self.velocity(torch.cat([x, x]), t, both, grid)
@@ -144,7 +137,9 @@ class ImageGenerator:
                 trace.timesteps.append(t)
                 trace.x_t.append(x.clone())
                 trace.velocity.append(v.clone())
-            x = x - v * (t - t_next)
+            x = scheduler.step(v, i, x)
+            if on_step is not None:
+                on_step(i + 1, scheduler.num_steps)
         return latents_to_nchw(x, *grid)
 
     @torch.inference_mode()

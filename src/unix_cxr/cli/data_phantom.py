@@ -15,12 +15,12 @@ import logging
 import time
 from typing import Any
 
-from .phantom import check_size, write_dataset
-
 log = logging.getLogger(__name__)
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
+    from ..data.phantom import check_size, write_dataset
+
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     if args.seed < 0:

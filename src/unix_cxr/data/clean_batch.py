@@ -15,12 +15,9 @@ counts) is logged at the end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .cleaning import RULE_NAMES, CleanResult, LLMRewriter, clean_report
+from ..utils.atomic import atomic_open
+from .cleaning import RULE_NAMES, CleanResult
 from .records import iter_jsonl_lines
 
 log = logging.getLogger(__name__)
@@ -107,41 +105,31 @@ class Summary:
 def clean_items(items: Iterator[Item], output: Path, cleaner: Callable[[str], CleanResult],
                 total: int | None = None, progress: bool = True) -> Summary:
     """Clean `items` into the JSONL file `output` (written atomically) and return the summary."""
-    output.parent.mkdir(parents=True, exist_ok=True)
     summary, seen = Summary(), {}  # id -> where it was first seen
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would otherwise carry over to OUTPUT
-        with os.fdopen(fd, "w", encoding="utf-8") as out, logging_redirect_tqdm():
-            bar = tqdm(items, total=total, desc="cleaning reports", unit="report", file=sys.stderr,
-                       disable=not progress)
-            for item in bar:
-                error = item.error
-                if error is None and item.id in seen:
-                    error = f"duplicate id {item.id!r} (first at {seen[item.id]})"
-                result = None
-                if error is None:
-                    try:
-                        result = cleaner(item.text)
-                    except Exception as err:  # one bad report must not end the batch; it is listed as failed
-                        error = f"cleaning failed: {type(err).__name__}: {err}"
-                if error is not None:
-                    log.error("%s: %s", item.where, error)
-                    summary.failures.append((item.where, error))
-                    continue
-                seen[item.id] = item.where
-                out.write(json.dumps(_record(item.id, result), ensure_ascii=False) + "\n")
-                summary.rules.update(result.changes)
-                if result.report is None:
-                    summary.dropped[result.dropped_reason] += 1
-                else:
-                    summary.cleaned += 1
-        os.replace(tmp_name, output)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(output) as out, logging_redirect_tqdm():
+        bar = tqdm(items, total=total, desc="cleaning reports", unit="report", file=sys.stderr,
+                   disable=not progress)
+        for item in bar:
+            error = item.error
+            if error is None and item.id in seen:
+                error = f"duplicate id {item.id!r} (first at {seen[item.id]})"
+            result = None
+            if error is None:
+                try:
+                    result = cleaner(item.text)
+                except Exception as err:  # one bad report must not end the batch; it is listed as failed
+                    error = f"cleaning failed: {type(err).__name__}: {err}"
+            if error is not None:
+                log.error("%s: %s", item.where, error)
+                summary.failures.append((item.where, error))
+                continue
+            seen[item.id] = item.where
+            out.write(json.dumps(_record(item.id, result), ensure_ascii=False) + "\n")
+            summary.rules.update(result.changes)
+            if result.report is None:
+                summary.dropped[result.dropped_reason] += 1
+            else:
+                summary.cleaned += 1
     return summary
 
 
@@ -158,49 +146,3 @@ def log_summary(summary: Summary, output: Path) -> None:
         log.error("%d item(s) failed:", len(summary.failures))
         for where, error in summary.failures:
             log.error("  %s: %s", where, error)
-
-
-def _cmd_clean(args: argparse.Namespace) -> int:
-    source = Path(args.input)
-    if not source.exists():
-        raise FileNotFoundError(f"INPUT {source} does not exist")
-    if (args.llm_endpoint is None) != (args.llm_model is None):
-        raise ValueError("--llm-endpoint and --llm-model go together")
-    if source.is_dir():
-        total, items = iter_folder(source)
-        if total == 0:
-            log.warning("no .txt files under %s", source)
-    elif source.suffix.lower() == ".txt":
-        raise ValueError(f"INPUT {source} is a single .txt file; give its folder, or a JSONL file")
-    else:
-        total, items = iter_jsonl(source)
-    cleaner: Callable[[str], CleanResult] = clean_report
-    if args.llm_endpoint:
-        cleaner = LLMRewriter(args.llm_endpoint, args.llm_model, api_key_env=args.llm_api_key_env,
-                              timeout=args.llm_timeout).clean
-        log.info("LLM rewriting through %s (model %s) with the self-check pass", args.llm_endpoint, args.llm_model)
-    output = Path(args.output)
-    if output.is_dir():
-        raise ValueError(f"OUTPUT {output} is a folder; give the JSONL file to write")
-    summary = clean_items(items, output, cleaner, total=total, progress=not args.no_progress)
-    log_summary(summary, output)
-    return 1 if summary.failures else 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "clean", help="clean raw reports into 'FINDINGS: ... IMPRESSION: ...' JSONL",
-        description="Clean raw chest X-ray reports (rule-based, offline; optional LLM rewriting). "
-                    "Exit status: 0 all items processed, 1 some items failed, 2 bad arguments or missing INPUT.")
-    p.add_argument("input", metavar="INPUT",
-                   help="folder of raw report .txt files (searched recursively; id = file stem) or a JSONL file "
-                        'of {"id": ..., "text": ...}')
-    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="JSONL file to write (atomically)")
-    p.add_argument("--llm-endpoint", metavar="URL", default=None,
-                   help="OpenAI-compatible base URL (…/v1) to rewrite reports with an LLM; off by default")
-    p.add_argument("--llm-model", metavar="NAME", default=None, help="model name for --llm-endpoint")
-    p.add_argument("--llm-api-key-env", metavar="VAR", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key (default: %(default)s; unset: no key sent)")
-    p.add_argument("--llm-timeout", type=float, default=60.0, metavar="S", help="seconds per HTTP request")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_clean)

@@ -15,16 +15,18 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint.io import load_authors_weights
-from .checkpoint.safetensors_io import read_safetensors
-from .config import SamplingConfig, SpecialTokens, UniXConfig, from_authors_config
-from .engines.image import ImageGenerator, SamplingTrace, cfg_combine, latents_to_nchw
-from .engines.packing import Latent, Text, VitImage, pack
-from .engines.report import ReportGenerator
-from .engines.training import shift_timesteps, training_forward
-from .model.unix import UniX
-from .model.vae import LatentVAE, load_vae, to_01, to_uint8_hwc
-from .model.vision import normalize_pixels
+from ..checkpoint.io import load_authors_weights
+from ..checkpoint.safetensors_io import read_safetensors
+from ..checkpoint.vae import load_vae
+from ..config import UniXConfig, load_config
+from ..data.packing import Latent, Text, VitImage, pack
+from ..flow import shift_timesteps
+from ..infer.image import ImageGenerator, SamplingTrace, cfg_combine, latents_to_nchw
+from ..infer.report import ReportGenerator
+from ..model.unix import UniX
+from ..model.vae import LatentVAE, to_01, to_uint8_hwc
+from ..model.vision import normalize_pixels
+from ..train.objectives import training_forward
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,11 @@ class Comparison:
         if ours.shape != golden.shape:
             self.passed, self.worst = False, f"{label} shape {tuple(ours.shape)} != {tuple(golden.shape)}"
             return
+        for who, tensor in (("golden", golden), ("ours", ours)):  # NaN exceeds no tolerance: refuse it by name
+            if not bool(torch.isfinite(tensor).all()):
+                self.passed, self.score = False, float("inf")
+                self.worst = f"{label} ({who} has {int((~torch.isfinite(tensor)).sum())} non-finite values)"
+                return
         diff = (ours - golden).abs()
         if not diff.numel():
             return
@@ -95,30 +102,34 @@ class GoldenDir:
     @classmethod
     def open(cls, root: str | Path) -> GoldenDir:
         root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"{root}: no such golden folder")
         if not (root / "config.json").is_file() or not (root / "harness.json").is_file():
             raise ValueError(f"{root}: not a golden directory (config.json and harness.json are required)")
         harness = json.loads((root / "harness.json").read_text())
-        vae_yaml = root / "vae" / "config.yaml"
+        overrides = {**cls.token_overrides(harness), **cls.sampling_overrides(harness),
+                     "decoding.double_bos": False}  # the goldens' stand-in tokenizer adds no BOS of its own
+        return cls(root, load_config(root, overrides), harness)
+
+    @staticmethod
+    def token_overrides(harness: dict) -> dict[str, int]:
+        """The special-token ids of the harness as config overrides (the authors' config.json has none)."""
+        names = {"bos": "bos_token_id", "eos": "eos_token_id", "start_of_image": "start_of_image",
+                 "end_of_image": "end_of_image"}
         ids = harness.get("special_token_ids", {})
-        default = SpecialTokens()
-        tokens = SpecialTokens(bos=ids.get("bos_token_id", default.bos), eos=ids.get("eos_token_id", default.eos),
-                               start_of_image=ids.get("start_of_image", default.start_of_image),
-                               end_of_image=ids.get("end_of_image", default.end_of_image))
-        cfg = from_authors_config(json.loads((root / "config.json").read_text()),
-                                  vae_yaml if vae_yaml.is_file() else None, tokens)
+        return {f"tokens.{ours}": ids[theirs] for ours, theirs in names.items() if theirs in ids}
+
+    @staticmethod
+    def sampling_overrides(harness: dict) -> dict[str, object]:
+        """The harness's sampling settings as config overrides."""
+        names = {"num_timesteps": "num_timesteps", "timestep_shift": "infer_timestep_shift",
+                 "cfg_text_scale": "cfg_text_scale", "cfg_interval": "cfg_interval",
+                 "cfg_renorm_type": "cfg_renorm_type", "cfg_renorm_min": "cfg_renorm_min"}
         s = harness.get("settings", {})
-        if s:
-            cfg.sampling = SamplingConfig(
-                num_timesteps=s.get("num_timesteps", cfg.sampling.num_timesteps),
-                timestep_shift=s.get("infer_timestep_shift", cfg.sampling.timestep_shift),
-                cfg_text_scale=s.get("cfg_text_scale", cfg.sampling.cfg_text_scale),
-                cfg_interval=tuple(s.get("cfg_interval", cfg.sampling.cfg_interval)),
-                cfg_renorm_type=s.get("cfg_renorm_type", cfg.sampling.cfg_renorm_type),
-                cfg_renorm_min=s.get("cfg_renorm_min", cfg.sampling.cfg_renorm_min),
-                image_size=s.get("gen_image", [cfg.sampling.image_size])[0],
-            )
-        cfg.decoding.double_bos = False  # the goldens' stand-in tokenizer adds no BOS of its own
-        return cls(root, cfg.validate(), harness)
+        out: dict[str, object] = {f"sampling.{ours}": s[theirs] for ours, theirs in names.items() if theirs in s}
+        if "gen_image" in s:
+            out["sampling.image_size"] = s["gen_image"][0]
+        return out
 
     def cases(self) -> list[Path]:
         return sorted(self.root.glob("case*_*.safetensors"))

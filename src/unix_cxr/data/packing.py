@@ -36,6 +36,31 @@ class Latent:
     noised: bool = True
 
 
+Segment = Text | VitImage | Latent
+
+
+# ---- rows a segment takes, markers included (the one place this arithmetic is written) --------------------------
+def text_rows(num_ids: int) -> int:
+    """[BOS] ids [EOS]."""
+    return num_ids + 2
+
+
+def image_rows(num_tokens: int) -> int:
+    """[BOI] vision or latent tokens [EOI]."""
+    return num_tokens + 2
+
+
+def segment_num_tokens(segment: Segment, cfg: UniXConfig) -> int:
+    """Rows the segment takes in a packed sequence."""
+    if isinstance(segment, Text):
+        return text_rows(len(segment.ids))
+    if isinstance(segment, VitImage):
+        return image_rows(cfg.vision.num_patches)
+    if isinstance(segment, Latent):
+        return image_rows(segment.latent.shape[1] * segment.latent.shape[2])
+    raise ValueError(f"unknown segment type {type(segment).__name__}")
+
+
 @dataclass
 class PackedBatch:
     layout: PackedLayout
@@ -57,7 +82,7 @@ class PackedBatch:
         return int(self.latent_image_ids.max()) + 1 if self.latent_image_ids.numel() else 0
 
 
-def pack(samples: list[list[Text | VitImage | Latent]], cfg: UniXConfig) -> PackedBatch:
+def pack(samples: list[list[Segment]], cfg: UniXConfig) -> PackedBatch:
     tok = cfg.tokens
     splits: list[tuple[list[int], list[str]]] = []
     positions: list[int] = []
@@ -77,14 +102,14 @@ def pack(samples: list[list[Text | VitImage | Latent]], cfg: UniXConfig) -> Pack
                 if seg.loss:
                     ce_idx += range(row, row + len(ids) - 1)
                     ce_lab += ids[1:]
-                lens.append(len(ids))
+                lens.append(text_rows(len(seg.ids)))
                 modes.append("causal")
             elif isinstance(seg, VitImage):
                 text_ids += [tok.start_of_image, tok.end_of_image]
                 text_idx += [row, row + num_patches + 1]
                 vit_idx += range(row + 1, row + 1 + num_patches)
                 vit_px.append(seg.pixel_values)
-                lens.append(num_patches + 2)
+                lens.append(image_rows(num_patches))
                 modes.append("full")
             elif isinstance(seg, Latent):
                 c, h, w = seg.latent.shape
@@ -96,7 +121,7 @@ def pack(samples: list[list[Text | VitImage | Latent]], cfg: UniXConfig) -> Pack
                 lat_pos.append(latent_position_ids(h, w, cfg.max_latent_size))
                 lat_noised += [seg.noised] * n
                 lat_img += [len(lat_tok) - 1] * n
-                lens.append(n + 2)
+                lens.append(image_rows(n))
                 modes.append("noise" if seg.noised else "full")
             else:
                 raise ValueError(f"unknown segment type {type(seg).__name__}")

@@ -8,6 +8,7 @@ Rows may have prompts of different lengths and stop at different steps; the cach
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -99,8 +100,13 @@ class ReportGenerator:
 
     @torch.inference_mode()
     def decode(self, state: PrefillState, max_new_tokens: int, generator: torch.Generator | None = None,
-               keep_logits: bool = False, decoding: DecodingConfig | None = None) -> ReportOutput:
-        """Feed BOS, then each chosen token, until every row has produced EOS or max_new_tokens tokens."""
+               keep_logits: bool = False, decoding: DecodingConfig | None = None,
+               on_token: Callable[[torch.Tensor], None] | None = None) -> ReportOutput:
+        """Feed BOS, then each chosen token, until every row has produced EOS or max_new_tokens tokens.
+
+        `on_token`: called after each step with the (B,) ids just chosen (a token stream; rows that have already
+        produced EOS keep receiving ids, which the output drops).
+        """
         model, decoding = self.model, decoding or self.decoding
         cache, position = state.cache, state.next_position.clone()
         b = position.shape[0]
@@ -115,6 +121,8 @@ class ReportGenerator:
                 logits_per_step.append(logits.float().cpu())
             current = choose_next(logits, decoding, generator)
             chosen.append(current)
+            if on_token is not None:
+                on_token(current)
             done |= current == self.tokens.eos
             if bool(done.all()):
                 break

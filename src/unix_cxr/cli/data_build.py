@@ -1,0 +1,87 @@
+"""`unix-cxr data build`: a public data set -> records, patient-level splits and training files.
+
+    unix-cxr data build --source mimic|chexpert-plus|iu|chat|jsonl|csv|phantom ROOT --out DIR
+        [--stage 1|2|3] [--seed S] [--val-fraction F] [--test-fraction F] [--frontal-only | --all-views]
+        [--clean | --no-clean] [--images DIR] [--reports DIR] [--column FIELD=NAME ...] [--skip-image-check]
+
+reads ROOT with the adapter of ``--source`` (`unix_cxr.data.adapters`; the layouts are in its docstring), gives
+every patient one split (the official split when the data set has one, else a hash of the patient id and
+``--seed``) and writes, atomically:
+
+* ``DIR/records.jsonl`` — one `StudyRecord` per study, split included;
+* stage 1: ``DIR/stage1_{train,val,test}.jsonl`` (the chat JSONL with the 20 prompt templates) and
+  ``DIR/eval_test.json`` (the test split in the authors' eval format); stages 2 and 3 (same pairs, different
+  resolution): ``DIR/captions_{train,val,test}.jsonl`` (`unix_cxr.data.writers`);
+* ``DIR/summary.json`` — counts per split, section coverage, studies dropped by reason, images left out,
+  every failure, and the options used. The same summary is logged at the end.
+
+Image paths in every file are relative to the image root (``--images``, default ROOT, or ROOT's folder when ROOT
+is a file), which ``summary.json`` records. A bad item (missing image or report, malformed row, XML or JSON line)
+is logged as one error line and left out; the others are written, the failures are listed at the end and the exit
+status is 1. A missing ROOT or a bad option is exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..data.adapters import ADAPTERS
+
+log = logging.getLogger(__name__)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from ..data.adapters import AdapterOptions, Columns
+    from ..data.build import build, log_summary
+
+    opts = AdapterOptions(frontal_only=args.frontal_only, clean=args.clean, check_images=not args.skip_image_check,
+                          image_root=Path(args.images) if args.images else None,
+                          reports_dir=Path(args.reports) if args.reports else None,
+                          columns=Columns.from_pairs(args.column or ()))
+    if args.images and not Path(args.images).is_dir():
+        raise FileNotFoundError(f"--images {args.images} is not a folder")
+    out = Path(args.out)
+    summary = build(args.source, Path(args.root), out, stage=args.stage, seed=args.seed,
+                    val_fraction=args.val_fraction, test_fraction=args.test_fraction, opts=opts,
+                    progress=not args.no_progress)
+    log_summary(summary, out)
+    return 1 if summary["failures"] else 0
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``build`` to the ``unix-cxr data`` subcommands."""
+    p = subparsers.add_parser(
+        "build", help="read a data set into records, patient-level splits and stage 1/2/3 training files",
+        description="Read a chest X-ray data set (MIMIC-CXR-JPG, CheXpert-Plus, IU X-Ray, the authors' chat JSON, "
+                    "generic JSONL/CSV or a phantom set) and write records.jsonl, the training files of one stage "
+                    "and summary.json. Exit status: 0 all items read, 1 some items failed (the others are "
+                    "written), 2 bad arguments or missing ROOT.")
+    p.add_argument("--source", required=True, choices=list(ADAPTERS), help="the layout of ROOT")
+    p.add_argument("root", metavar="ROOT", help="data set folder, or the file for chexpert-plus, iu (.tgz), chat, "
+                                                "jsonl and csv")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files are replaced)")
+    p.add_argument("--stage", type=int, choices=(1, 2, 3), default=1,
+                   help="1: chat JSONL for understanding SFT; 2 or 3: image-caption JSONL (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hashed splits and the prompt choice (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
+                   help="share of patients without an official split put in val (default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=0.05, metavar="F",
+                   help="share of patients without an official split put in test (default %(default)s)")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--frontal-only", dest="frontal_only", action="store_true", default=True,
+                       help="keep PA/AP images only, as the paper does (default)")
+    views.add_argument("--all-views", dest="frontal_only", action="store_false", help="keep every view")
+    p.add_argument("--clean", action=argparse.BooleanOptionalAction, default=True,
+                   help="clean report text with the rule-based cleaner (default); --no-clean: section extraction only")
+    p.add_argument("--images", metavar="DIR", default=None,
+                   help="image root that image paths are relative to (default: ROOT, or ROOT's folder for a file)")
+    p.add_argument("--reports", metavar="DIR", default=None,
+                   help="mimic: folder of pXX/pXXXXXXXX/sXXXXXXXX.txt reports (default: ROOT/mimic-cxr-reports/files, "
+                        "else ROOT/files)")
+    p.add_argument("--column", action="append", metavar="FIELD=NAME",
+                   help="jsonl/csv: the column holding a field (patient_id, study_id, image_paths, view_position, "
+                        "findings, impression, report, split, labels, image_sep); repeatable")
+    p.add_argument("--skip-image-check", action="store_true",
+                   help="do not check that image files exist (e.g. reports without their images)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_build)

@@ -1,0 +1,65 @@
+"""Model-level commands: `parity DIR`, `convert-vae CKPT OUT --trust-pickle`, `config PRESET`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import PRESETS
+
+log = logging.getLogger(__name__)
+
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..eval.parity import run_parity
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = run_parity(args.golden_dir, getattr(torch, args.dtype))
+    for result in results:
+        sys.stdout.write(result.line() + "\n")
+    failed = [r.name for r in results if not r.passed]
+    sys.stdout.write(f"{len(results) - len(failed)} passed, {len(failed)} failed\n")
+    return 0 if not failed else 1
+
+
+def _cmd_convert_vae(args: argparse.Namespace) -> int:
+    from ..checkpoint.vae import convert_pickled_vae
+
+    out = convert_pickled_vae(args.checkpoint, args.output, trust_pickle=args.trust_pickle)
+    log.info("wrote %s", out)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..config import load_config
+
+    sys.stdout.write(yaml.safe_dump(load_config(args.preset).to_dict(), sort_keys=False))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("parity", help="check our model against a directory of golden tensors from the authors' code")
+    p.add_argument("golden_dir", help="directory in the ../shared/parity format")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
+                   help="run in this dtype; bfloat16 is checked against bf16 tolerances (docs/parity.md)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_cmd_parity)
+
+    p = sub.add_parser("convert-vae", help="one-time conversion of a pickled CompVis VAE checkpoint to safetensors")
+    p.add_argument("checkpoint", help="the .ckpt file (e.g. kl-f16d16.ckpt)")
+    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="confirm that you trust this file: unpickling can run arbitrary code")
+    p.set_defaults(func=_cmd_convert_vae)
+
+    p = sub.add_parser("config", help="print a preset configuration as YAML")
+    p.add_argument("preset", choices=sorted(PRESETS))
+    p.set_defaults(func=_cmd_config)

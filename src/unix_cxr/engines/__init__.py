@@ -1,1 +1,0 @@
-"""Inference and training engines around the UniX model: report decoding, image sampling, packed training forward."""

@@ -1,0 +1,1 @@
+"""Inference: report decoding (`report`), image sampling (`image`) and the user-facing `UniXPipeline` (`pipeline`)."""

@@ -1,0 +1,1 @@
+"""Helpers every layer may use: the one atomic writer (`atomic`) and provenance of results (`provenance`)."""
