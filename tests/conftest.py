@@ -41,3 +41,24 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture
 def tiny_model() -> UniX:
     return randomize(UniX(load_config("tiny")).eval())
+
+
+def write_release(folder: Path, cfg, tokenizer) -> Path:
+    """A tiny random release folder in the authors' layout: config.json, model.safetensors, vae/, tokenizer."""
+    import json
+
+    import yaml
+
+    from unix_cxr.checkpoint.io import save_authors_weights
+    from unix_cxr.checkpoint.vae import save_vae
+    from unix_cxr.config import ldm_vae_yaml, to_authors_config
+    from unix_cxr.model.vae import LatentVAE
+
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(to_authors_config(cfg)))
+    save_authors_weights(randomize(UniX(cfg)).eval(), folder / "model.safetensors")
+    (folder / "vae").mkdir()
+    save_vae(randomize(LatentVAE(cfg.vae), seed=1).eval(), folder / "vae" / "kl-f16d16.safetensors")
+    (folder / "vae" / "config.yaml").write_text(yaml.safe_dump(ldm_vae_yaml(cfg.vae)))
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -158,3 +158,23 @@ def test_clean_then_label_chain(reports, tmp_path, capsys, caplog):
         assert main(commands("label", cleaned, labels)) == 0
     assert [json.loads(line)["id"] for line in labels.read_text().splitlines()] == ["a"]
     assert "1 dropped report(s) skipped" in caplog.text
+
+
+def test_every_help_answers_without_importing_torch():
+    script = """
+import sys
+from unix_cxr.cli import build_parser
+commands = [[], ["parity"], ["convert-vae"], ["config"], ["label"], ["eval"], ["eval", "reports"],
+            ["eval", "images"], ["eval", "cycle"], ["data"]] + [["data", c] for c in
+            ("preview", "clean", "phantom", "build", "cache-latents")]
+for argv in commands:
+    try:
+        build_parser().parse_args([*argv, "--help"])
+    except SystemExit as stop:
+        assert stop.code == 0, argv
+print("torch imported:", "torch" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "torch imported: False"
+    assert "usage: unix-cxr data cache-latents" in proc.stdout

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import needs_inception, randomize
+from conftest import needs_inception, randomize, write_release
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -274,19 +274,7 @@ def test_t2i_prompt_is_the_findings_text():
 
 def _release(folder, cfg) -> None:
     """A tiny random release folder in the authors' layout (as tests/test_release.py writes one)."""
-    import yaml
-
-    from unix_cxr.checkpoint.io import save_authors_weights
-    from unix_cxr.checkpoint.vae import save_vae
-    from unix_cxr.config import ldm_vae_yaml, to_authors_config
-
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(to_authors_config(cfg)))
-    save_authors_weights(randomize(UniX(cfg)).eval(), folder / "model.safetensors")
-    (folder / "vae").mkdir()
-    save_vae(randomize(LatentVAE(cfg.vae), seed=1).eval(), folder / "vae" / "kl-f16d16.safetensors")
-    (folder / "vae" / "config.yaml").write_text(yaml.safe_dump(ldm_vae_yaml(cfg.vae)))
-    word_tokenizer(cfg.decoder.vocab_size).save_pretrained(folder)
+    write_release(folder, cfg, word_tokenizer(cfg.decoder.vocab_size))
 
 
 @pytest.fixture(scope="module")

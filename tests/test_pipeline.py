@@ -7,13 +7,12 @@ Run: pytest tests/test_pipeline.py
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pytest
 import torch
-from conftest import randomize
+from conftest import write_release
 from PIL import Image as PILImage
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -100,24 +99,10 @@ def test_from_pretrained_errors(tokenizer, tmp_path):
 
 
 def test_from_pretrained_release_folder_matches_load_release(tmp_path, tokenizer, radiograph):
-    import yaml
-
-    from unix_cxr.checkpoint.io import save_authors_weights
     from unix_cxr.checkpoint.release import load_release
-    from unix_cxr.checkpoint.vae import save_vae
-    from unix_cxr.config import ldm_vae_yaml, to_authors_config
-    from unix_cxr.model.unix import UniX
-    from unix_cxr.model.vae import LatentVAE
 
     cfg = load_config("tiny")
-    folder = tmp_path / "release"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(to_authors_config(cfg)))
-    save_authors_weights(randomize(UniX(cfg)).eval(), folder / "model.safetensors")
-    (folder / "vae").mkdir()
-    save_vae(randomize(LatentVAE(cfg.vae), seed=1).eval(), folder / "vae" / "kl-f16d16.safetensors")
-    (folder / "vae" / "config.yaml").write_text(yaml.safe_dump(ldm_vae_yaml(cfg.vae)))
-    tokenizer.save_pretrained(folder)
+    folder = write_release(tmp_path / "release", cfg, tokenizer)
     t = cfg.tokens
     tokens = (t.bos, t.eos, t.start_of_image, t.end_of_image)
 

@@ -1,24 +1,7 @@
 """`unix-cxr data build`: a public data set -> records, patient-level splits and training files.
 
-    unix-cxr data build --source mimic|chexpert-plus|iu|chat|jsonl|csv|phantom ROOT --out DIR
-        [--stage 1|2|3] [--seed S] [--val-fraction F] [--test-fraction F] [--frontal-only | --all-views]
-        [--clean | --no-clean] [--images DIR] [--reports DIR] [--column FIELD=NAME ...] [--skip-image-check]
-
-reads ROOT with the adapter of ``--source`` (`unix_cxr.data.adapters`; the layouts are in its docstring), gives
-every patient one split (the official split when the data set has one, else a hash of the patient id and
-``--seed``) and writes, atomically:
-
-* ``DIR/records.jsonl`` — one `StudyRecord` per study, split included;
-* stage 1: ``DIR/stage1_{train,val,test}.jsonl`` (the chat JSONL with the 20 prompt templates) and
-  ``DIR/eval_test.json`` (the test split in the authors' eval format); stages 2 and 3 (same pairs, different
-  resolution): ``DIR/captions_{train,val,test}.jsonl`` (`unix_cxr.data.writers`);
-* ``DIR/summary.json`` — counts per split, section coverage, studies dropped by reason, images left out,
-  every failure, and the options used. The same summary is logged at the end.
-
-Image paths in every file are relative to the image root (``--images``, default ROOT, or ROOT's folder when ROOT
-is a file), which ``summary.json`` records. A bad item (missing image or report, malformed row, XML or JSON line)
-is logged as one error line and left out; the others are written, the failures are listed at the end and the exit
-status is 1. A missing ROOT or a bad option is exit status 2.
+The command line only: arguments, checks and the summary. The job, its input and output formats and its
+handling of bad items are `unix_cxr.data.build`.
 """
 
 from __future__ import annotations

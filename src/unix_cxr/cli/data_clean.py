@@ -1,16 +1,7 @@
 """`unix-cxr data clean INPUT -o OUTPUT`: clean raw reports in bulk (unix_cxr.data.cleaning).
 
-INPUT is a folder of raw report `.txt` files (MIMIC-CXR layout, searched recursively; id = file stem) or a
-JSONL file of `{"id": ..., "text": ...}` lines. OUTPUT is JSONL, one line per report in input order:
-`{"id": ..., "report": "FINDINGS: ... IMPRESSION: ...", "changes": [rule names that fired]}`, or for a report
-that yields no findings or impression `{"id": ..., "report": null, "dropped": "<reason>", "changes": [...]}`.
-OUTPUT is written atomically (a temporary file next to it, then os.replace).
-
-Each bad item (unreadable file, bytes that are not UTF-8, malformed JSONL line, missing or mistyped id/text,
-duplicate id) is logged as one error line and left out; the batch goes on, the failures are listed at the end
-and the exit status is 1 if any item failed, 0 otherwise. A missing INPUT is a FileNotFoundError (exit 2 in
-`unix_cxr.cli.main`). A progress bar goes to stderr and a summary (cleaned, dropped by reason, failed, per-rule
-counts) is logged at the end.
+The command line only: arguments, checks and the summary. The job, its input and output formats and its
+handling of bad items are `unix_cxr.data.clean_batch`.
 """
 
 from __future__ import annotations

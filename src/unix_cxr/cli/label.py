@@ -1,16 +1,7 @@
 """`unix-cxr label INPUT -o OUTPUT`: CheXpert labels for a JSONL file of reports (unix_cxr.eval.labeler).
 
-INPUT is JSONL, one ``{"id": ..., "report": "..."}`` object per line (``id`` a string or an integer; other keys are
-ignored; blank lines are skipped). OUTPUT is JSONL, one ``{"id": ..., "labels": {...}}`` line per good input line,
-in input order, where ``labels`` has exactly the 14 CheXpert observation names as keys (CheXpert's order) and values
-1 (positive), 0 (negative), -1 (uncertain) or null (not mentioned). OUTPUT is written atomically (a temporary file
-next to it, then os.replace): it appears complete or not at all.
-
-Bad lines (bytes that are not UTF-8, malformed JSON, not an object, missing ``id`` or ``report``, an ``id`` that is
-not a string or integer, a ``report`` that is not a string, a duplicate ``id``) are reported as one error line each
-on stderr and left out; the batch goes on and the exit status is 1 if any line failed, 0 otherwise. An empty or
-white-space-only report is not an error: its labels are all null (documented in docs/labeler.md). A missing INPUT
-is a FileNotFoundError (exit 2 in `unix_cxr.cli.main`). A progress bar goes to stderr.
+The command line only: arguments, checks and the summary. The job, its input and output formats and its
+handling of bad items are `unix_cxr.eval.label_batch`.
 """
 
 from __future__ import annotations
