@@ -390,6 +390,73 @@ def test_iu_xray_images_views_and_broken_xml(tmp_path):
     assert issues.notes.get("view unknown (kept by the frontal-only filter)") == 1  # CXR2's image
 
 
+def test_iu_xray_oversized_member_and_file_are_refused_before_reading(tmp_path, monkeypatch):
+    import unix_cxr.data.adapters as adapters
+
+    reports = make_iu(tmp_path / "iu")
+    big = b"<eCitation>" + b" " * (adapters.MAX_XML_BYTES + 1) + b"</eCitation>"
+    archive = tmp_path / "bomb.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(reports, arcname="ecgen-radiology")
+        (tmp_path / "0.xml").write_bytes(big)
+        tar.add(tmp_path / "0.xml", arcname="ecgen-radiology/0.xml")
+    assert archive.stat().st_size < 100_000  # a small archive that would expand to more than the limit
+    extracted, extractfile = [], tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile",
+                        lambda self, member: extracted.append(member.name) or extractfile(self, member))
+    issues = Issues()
+    records = list(read_iu_xray(archive, issues, AdapterOptions(clean=False, check_images=False)))
+    assert [r.study_id for r in records] == ["CXR1", "CXR2"]
+    assert "ecgen-radiology/0.xml" not in extracted and len(extracted) == 3  # refused from its header
+    (where, error), = issues.failures
+    assert where == f"{archive}:ecgen-radiology/0.xml"
+    assert "archive member" in error and f"limit of {adapters.MAX_XML_BYTES:,}" in error
+    plain = reports / "0.xml"
+    plain.write_bytes(big)  # the same as a plain file in a folder
+    issues = Issues()
+    assert len(list(read_iu_xray(reports.parent, issues, AdapterOptions(clean=False, check_images=False)))) == 2
+    assert [w for w, _ in issues.failures] == [str(plain)] and "limit of" in issues.failures[0][1]
+
+
+def test_csv_row_with_a_bad_byte_fails_alone(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"patient_id,image_paths,findings\n"
+                     b"a,x/1.png,Lungs clear.\n"
+                     b"b,y/1.png,Heart \xe9\xff enlarged.\n"
+                     b"c,z/1.png,No effusion.\n")
+    issues = Issues()
+    records = list(read_csv_records(path, issues, AdapterOptions(clean=False, check_images=False)))
+    assert [r.patient_id for r in records] == ["a", "c"]
+    assert issues.failures == [(f"{path}:3", "not valid UTF-8 (byte 0xe9)")]
+    path.write_bytes(b"patient_id,image_\xffpaths\na,x.png\n")
+    with pytest.raises(ValueError, match=r"data\.csv:1: CSV header not valid UTF-8"):
+        list(read_csv_records(path, Issues(), AdapterOptions(check_images=False)))
+
+
+def test_csv_label_value_is_not_echoed(tmp_path):
+    report = "A long report text that landed in a label column because of a shifted row."
+    _write_csv(tmp_path / "d.csv", ["patient_id", "image_paths", "findings", *CHEXPERT_LABELS],
+               [["a", "x.png", "Clear.", report, *[""] * 13]])
+    issues = Issues()
+    assert list(read_csv_records(tmp_path / "d.csv", issues, AdapterOptions(check_images=False))) == []
+    (_, error), = issues.failures
+    assert "landed" not in error and "characters" in error
+
+
+def test_chat_list_too_deep_or_with_a_lone_surrogate(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"deep\.json: not valid JSON \(nested too deeply\)"):
+        list(read_chat(deep, Issues(), AdapterOptions(check_images=False)))
+    items = [_chat_item("files/p10/p10000001/s50000001/a.jpg", "FINDINGS: Lungs are clear."),
+             _chat_item("files/p10/p10000002/s50000002/\ud800.jpg", "FINDINGS: Lungs are clear.")]
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(items))  # ensure_ascii: the surrogate is written as \ud800
+    issues = Issues()
+    assert len(list(read_chat(path, issues, AdapterOptions(check_images=False)))) == 1
+    assert issues.failures[0][0] == f"{path}[1]" and "lone surrogate" in issues.failures[0][1]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the authors' chat JSON, generic JSONL / CSV, phantoms
 def _chat_item(image: str, content: str, prompt: str = "<image>Review this X-ray and provide detailed FINDINGS."):

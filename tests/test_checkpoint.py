@@ -171,6 +171,38 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path: Path, mon
     assert torch.equal(read_safetensors(path)["a"], torch.ones(3))
 
 
+def test_non_finite_tensors_are_refused_by_name(tmp_path: Path, tiny_model: UniX) -> None:
+    path = tmp_path / "w.safetensors"
+    write_safetensors_atomic({"a": torch.ones(3), "b": torch.tensor([1.0, float("nan"), float("inf")]),
+                              "ids": torch.arange(3)}, path)
+    with pytest.raises(ValueError, match=rf"^{path}: tensor b has 2 non-finite values .*--allow-non-finite"):
+        read_safetensors(path)
+    assert read_safetensors(path, skip=lambda k: k == "b").keys() == {"a", "ids"}  # a skipped tensor is not read
+    assert read_safetensors(path, allow_non_finite=True)["b"].isnan().sum() == 1
+    authors = to_authors(tiny_model.state_dict())
+    key = next(iter(authors))
+    authors[key] = torch.full_like(authors[key], float("nan"))
+    with pytest.raises(ValueError, match=rf"state dict: tensor {key} has"):
+        load_authors_weights(UniX(load_config("tiny")), authors)
+    file = tmp_path / "nan_model.safetensors"
+    write_safetensors_atomic(authors, file)
+    with pytest.raises(ValueError, match=rf"{file}: tensor {key} has {authors[key].numel()} non-finite"):
+        load_authors_weights(UniX(load_config("tiny")), file)
+    load_authors_weights(UniX(load_config("tiny")), file, allow_non_finite=True)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"garbage that is not safetensors" * 10,
+                                     struct.pack("<Q", 2 ** 40) + b"{}",
+                                     struct.pack("<Q", 60) + b'{"a": {"dtype": "F32", "shape": [1000], '
+                                                            b'"data_offsets": [0, 4000]}}'],
+                         ids=["empty", "short", "text", "huge_header_length", "header_claims_more_data"])
+def test_unreadable_safetensors_names_the_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{path}: not a readable \.safetensors file"):
+        read_safetensors(path)
+
+
 # ---- 3. the golden model file -----------------------------------------------------------------------------------
 @needs_parity
 def test_golden_model_file_loads_and_saves_back_bitwise(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from unix_cxr.data.cleaning import (
     SELF_CHECK_PROMPT,
     CleanResult,
     LLMRewriter,
+    LLMUnavailable,
     clean_report,
     split_sentences,
 )
@@ -522,6 +523,17 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server.requests.append((self.path, dict(self.headers), body))
+        if server.status in (301, 302, 307, 308):
+            self.send_response(server.status)
+            self.send_header("Location", server.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if server.fail_after is not None and len(server.requests) > server.fail_after:
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b"down")
+            return
         if server.status != 200:
             self.send_response(server.status)
             self.end_headers()
@@ -546,6 +558,7 @@ def llm_server(monkeypatch):
         monkeypatch.delenv(var, raising=False)  # loopback only
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.requests, server.rewrite, server.verdict, server.status = [], REWRITE, "yes", 200
+    server.location, server.fail_after = "", None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -582,27 +595,77 @@ def test_llm_self_check_reject_falls_back(llm_server) -> None:
     assert "Authorization" not in llm_server.requests[0][1]
 
 
-@pytest.mark.parametrize("failure", ["malformed", "http_500"])
-def test_llm_errors_fall_back(llm_server, failure: str) -> None:
-    if failure == "malformed":
-        llm_server.rewrite = "Sure! Here is the cleaned report you asked for."
-    else:
-        llm_server.status = 500
-    result = _rewriter(llm_server).clean(RAW)
+def test_llm_malformed_rewrite_falls_back(llm_server, caplog) -> None:
+    llm_server.rewrite = "Sure! Here is the cleaned report you asked for."
+    result = _rewriter(llm_server).clean(RAW)  # the endpoint works: this report gets the rules, without fallback
     assert result.report == clean_report(RAW).report and result.changes[LLM_ERROR] == 1
+    assert "Sure!" not in caplog.text  # the model's answer is not echoed into the log
 
 
-def test_llm_unreachable_and_dropped(llm_server) -> None:
+def _closed_port() -> int:
     with socket.socket() as sock:  # a loopback port with nothing listening
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = LLMRewriter(f"http://127.0.0.1:{port}", "m", timeout=2).clean(RAW)
+        return sock.getsockname()[1]
+
+
+def test_llm_endpoint_failure_stops_unless_fallback(llm_server) -> None:
+    llm_server.status = 500
+    with pytest.raises(LLMUnavailable, match="HTTP 500"):
+        _rewriter(llm_server).clean(RAW)
+    fallback = _rewriter(llm_server, fallback=True)
+    result = fallback.clean(RAW)
+    assert result.report == clean_report(RAW).report and result.changes[LLM_ERROR] == 1
+    assert fallback.endpoint_failures == 1
+    url = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(LLMUnavailable, match="cannot reach"):
+        LLMRewriter(url, "m", timeout=2).clean(RAW)
+    result = LLMRewriter(url, "m", timeout=2, fallback=True).clean(RAW)
     assert result.changes[LLM_ERROR] == 1 and result.report == clean_report(RAW).report
+
+
+def test_llm_dropped_report_is_never_sent(llm_server) -> None:
     dropped = _rewriter(llm_server).clean(" FINAL REPORT\n INDICATION:  Cough.\n")
     assert dropped.report is None and dropped.dropped_reason == DROP_NO_SECTION
-    assert llm_server.requests == []  # a dropped report is never sent
-    with pytest.raises(ValueError, match="http"):
-        LLMRewriter("file:///etc/passwd", "m")
+    assert llm_server.requests == []
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("file:///etc/passwd", "http(s) URL"),
+    ("http://10.1.2.3:8000/v1", "--llm-allow-http"),
+    ("http://llm.example.org/v1", "not a loopback"),
+    ("https://user:secret@llm.example.org/v1", "user name or password"),
+    ("https:///v1", "names no host"),
+], ids=["file-scheme", "http-private-ip", "http-remote-name", "credentials-in-url", "no-host"])
+def test_llm_endpoint_refused(url: str, needle: str) -> None:
+    with pytest.raises(ValueError) as info:
+        LLMRewriter(url, "m")
+    assert needle in str(info.value) and "secret" not in str(info.value)
+
+
+def test_llm_plain_http_allowed_for_loopback_or_when_told() -> None:
+    for url in ("http://localhost:8000/v1", "http://127.0.0.1/v1", "http://[::1]:8000/v1"):
+        LLMRewriter(url, "m")
+    assert LLMRewriter("http://10.1.2.3:8000/v1", "m", allow_http=True).url == "http://10.1.2.3:8000/v1/chat/completions"
+    LLMRewriter("https://llm.example.org/v1", "m")
+
+
+@pytest.mark.parametrize("code", [302, 307])
+def test_llm_redirect_is_not_followed(llm_server, code: int, monkeypatch) -> None:
+    monkeypatch.setenv("TEST_CLEANER_KEY", "secret-2")
+    target = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)  # where the redirect points: must get nothing
+    target.requests, target.status, target.fail_after = [], 200, None
+    thread = threading.Thread(target=target.serve_forever, daemon=True)
+    thread.start()
+    try:
+        llm_server.status = code
+        llm_server.location = f"http://127.0.0.1:{target.server_address[1]}/v1/chat/completions"
+        with pytest.raises(LLMUnavailable, match="redirects are not followed"):
+            _rewriter(llm_server, api_key_env="TEST_CLEANER_KEY").clean(RAW)
+        assert len(llm_server.requests) == 1 and target.requests == []
+    finally:
+        target.shutdown()
+        target.server_close()
+        thread.join(5)
 
 
 def test_cli_llm(llm_server, tmp_path, capsys) -> None:
@@ -614,3 +677,159 @@ def test_cli_llm(llm_server, tmp_path, capsys) -> None:
     assert _read_jsonl(out) == [{"id": "a", "report": REWRITE, "changes": [LLM_REWRITE]}]
     assert _run([str(src), "-o", str(out), "--llm-endpoint", url]) == 2
     assert "--llm-endpoint and --llm-model go together" in capsys.readouterr().err
+    assert _run([str(src), "-o", str(out), "--llm-fallback"]) == 2
+    assert "need --llm-endpoint" in capsys.readouterr().err
+
+
+def test_cli_llm_unreachable_exits_2_unless_fallback(tmp_path, capsys, caplog) -> None:
+    src = tmp_path / "r.jsonl"
+    src.write_text(json.dumps({"id": "a", "text": RAW}) + "\n")
+    out = tmp_path / "o.jsonl"
+    out.write_bytes(b"previous\n")
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    argv = [str(src), "-o", str(out), "--llm-endpoint", url, "--llm-model", "m", "--llm-timeout", "2"]
+    capsys.readouterr()
+    assert _run(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "cannot reach the LLM endpoint" in err[0] and "--llm-fallback" in err[0]
+    assert out.read_bytes() == b"previous\n"
+    caplog.set_level(logging.WARNING)
+    assert _run([*argv, "--llm-fallback"]) == 0
+    assert _read_jsonl(out) == [{"id": "a", "report": clean_report(RAW).report,
+                                 "changes": [*clean_report(RAW).changes, LLM_ERROR]}]
+    assert "the LLM endpoint failed for 1 report(s)" in caplog.text
+    assert _run([str(src), "-o", str(out), "--llm-endpoint", "http://llm.example.org/v1", "--llm-model", "m"]) == 2
+    assert "--llm-allow-http" in capsys.readouterr().err
+
+
+def test_cli_llm_outage_resumes(llm_server, tmp_path, capsys) -> None:
+    """The endpoint goes down after the first report: exit 2 with the progress kept; the rerun sends only the rest."""
+    src = tmp_path / "r.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": RAW}) + "\n" for i in range(3)))
+    out = tmp_path / "o.jsonl"
+    argv = [str(src), "-o", str(out), "--llm-endpoint", f"http://127.0.0.1:{llm_server.server_address[1]}/v1",
+            "--llm-model", "m", "--llm-timeout", "5", "--no-progress"]
+    llm_server.fail_after = 2  # rewrite + self-check of report 0, then HTTP 503
+    assert _run(argv) == 2
+    assert "HTTP 503" in capsys.readouterr().err and not out.exists()
+    assert (tmp_path / "o.jsonl.partial").is_file()
+    llm_server.fail_after, llm_server.requests = None, []
+    assert _run(argv) == 0
+    assert len(llm_server.requests) == 4  # reports 1 and 2 only
+    assert _read_jsonl(out) == [{"id": i, "report": REWRITE, "changes": [LLM_REWRITE]} for i in range(3)]
+    assert not (tmp_path / "o.jsonl.partial").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# resume after an interruption, and a run where every item fails
+def _interrupt_after(monkeypatch, k: int | None) -> list[str]:
+    """Make the rule-based cleaner of the CLI raise KeyboardInterrupt at its (k+1)-th call; returns the calls."""
+    import unix_cxr.data.cleaning as cleaning
+
+    calls, real = [], clean_report  # the real one (imported above), whatever is patched now
+
+    def flaky(text: str) -> CleanResult:
+        if k is not None and len(calls) >= k:
+            raise KeyboardInterrupt
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(cleaning, "clean_report", flaky)
+    return calls
+
+
+def _many_reports(tmp_path, n: int = 12):
+    src = tmp_path / "reports.jsonl"
+    texts = list(GOOD.values())
+    lines = [json.dumps({"id": f"r{i}", "text": texts[i % 3] + f" FINDINGS: Finding {i}.\n"}) for i in range(n)]
+    lines[4] = "{broken"  # a bad line in the part done before the interruption
+    lines[9] = json.dumps({"id": "r1", "text": "FINDINGS: Duplicate."})  # a duplicate of a line done before it
+    src.write_text("\n".join(lines) + "\n")
+    return src
+
+
+@pytest.mark.parametrize("k", [0, 3, 7, 9])
+def test_cli_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, caplog, k: int) -> None:
+    caplog.set_level(logging.INFO)
+    src = _many_reports(tmp_path)
+    want = tmp_path / "want.jsonl"
+    assert _run([str(src), "-o", str(want), "--no-progress"]) == 1
+    out = tmp_path / "got.jsonl"
+    out.write_bytes(b"old\n")
+    calls = _interrupt_after(monkeypatch, k)
+    assert _run([str(src), "-o", str(out), "--no-progress"]) == 130
+    assert out.read_bytes() == b"old\n"  # the interrupted run replaced nothing
+    partial = tmp_path / "got.jsonl.partial"
+    assert partial.is_file() == (k > 0)
+    done = len(calls)
+    calls = _interrupt_after(monkeypatch, None)
+    caplog.clear()
+    assert _run([str(src), "-o", str(out), "--no-progress"]) == 1
+    assert out.read_bytes() == want.read_bytes()
+    assert len(calls) == 10 - done  # 10 good lines in all (one broken, one duplicate): none cleaned twice
+    assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["got.jsonl", "reports.jsonl",
+                                                                                 "want.jsonl"]
+    assert "reports.jsonl:5: not valid JSON" in caplog.text and "duplicate id 'r1'" in caplog.text  # listed again
+    if k:
+        assert "resuming from" in caplog.text
+
+
+def test_cli_resume_starts_over_for_other_input_or_no_resume(tmp_path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    src = _many_reports(tmp_path)
+    out = tmp_path / "o.jsonl"
+    _interrupt_after(monkeypatch, 5)
+    assert _run([str(src), "-o", str(out), "--no-progress"]) == 130
+    src.write_text(src.read_text().replace("Finding 0.", "Finding zero."))  # the input changed
+    calls = _interrupt_after(monkeypatch, None)
+    assert _run([str(src), "-o", str(out), "--no-progress"]) == 1
+    assert len(calls) == 10 and "from another input or other options; starting over" in caplog.text
+    assert "Finding zero." in out.read_text()
+    _interrupt_after(monkeypatch, 5)
+    assert _run([str(src), "-o", str(out), "--no-progress"]) == 130
+    calls = _interrupt_after(monkeypatch, None)
+    assert _run([str(src), "-o", str(out), "--no-progress", "--no-resume"]) == 1
+    assert len(calls) == 10
+
+
+def test_cli_resume_folder_input(tmp_path, monkeypatch) -> None:
+    root = tmp_path / "files"
+    for i in range(6):
+        (root / f"p1{i}").mkdir(parents=True)
+        (root / f"p1{i}" / f"s{i}.txt").write_text(GOOD["s50000001"])
+    want, out = tmp_path / "want.jsonl", tmp_path / "o.jsonl"
+    assert _run([str(root), "-o", str(want)]) == 0
+    _interrupt_after(monkeypatch, 4)
+    assert _run([str(root), "-o", str(out)]) == 130
+    calls = _interrupt_after(monkeypatch, None)
+    assert _run([str(root), "-o", str(out)]) == 0
+    assert len(calls) == 2 and out.read_bytes() == want.read_bytes()
+
+
+def test_cli_resume_after_a_torn_progress_line(tmp_path, monkeypatch) -> None:
+    src = _many_reports(tmp_path)
+    want, out = tmp_path / "want.jsonl", tmp_path / "o.jsonl"
+    assert _run([str(src), "-o", str(want)]) == 1
+    _interrupt_after(monkeypatch, 6)
+    assert _run([str(src), "-o", str(out)]) == 130
+    partial = tmp_path / "o.jsonl.partial"
+    partial.write_bytes(partial.read_bytes()[:-7])  # a kill while the last outcome was being written
+    calls = _interrupt_after(monkeypatch, None)
+    assert _run([str(src), "-o", str(out)]) == 1
+    assert out.read_bytes() == want.read_bytes() and len(calls) == 4 + 1
+
+
+def test_cli_every_item_fails_keeps_the_old_output(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(b"{broken\n[1, 2]\n" + b"[" * 100_000 + b"\n")
+    out = tmp_path / "o.jsonl"
+    out.write_bytes(b"previous good output\n")
+    assert _run([str(src), "-o", str(out)]) == 1
+    assert out.read_bytes() == b"previous good output\n"
+    assert "every item failed" in caplog.text and "bad.jsonl:3: not valid JSON (nested too deeply)" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "o.jsonl"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert _run([str(empty), "-o", str(out)]) == 0  # nothing failed: an empty input gives an empty output
+    assert out.read_bytes() == b""

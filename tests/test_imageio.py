@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -155,6 +156,22 @@ def test_dicom_window_centre_width(tmp_path: Path) -> None:
     out = read_image(write_dicom(tmp_path / "w.dcm", raw, WindowCenter=centre, WindowWidth=width))
     np.testing.assert_allclose(out, window_linear(raw.astype(np.float64), centre, width), atol=1e-6)
     assert (out[raw < 1400] == 0).all() and (out[raw > 2600] == 1).all()  # outside the window: clipped
+
+
+@pytest.mark.parametrize("elements, words", [
+    ({"WindowCenter": 100.0, "WindowWidth": 0.0}, "cannot apply the DICOM rescale / window .*WindowWidth=0"),
+    ({"WindowCenter": 100.0, "WindowWidth": -5.0}, "cannot apply the DICOM rescale / window .*WindowWidth=-5"),
+    ({"WindowCenter": 100.0, "WindowWidth": 0.0, "VOILUTFunction": "SIGMOID"}, "cannot apply .*greater than 0"),
+    ({"WindowCenter": 100.0, "WindowWidth": "nan"}, "gives non-finite pixel values .*WindowWidth=nan"),
+    ({"RescaleSlope": "inf", "RescaleIntercept": 0.0}, "gives non-finite pixel values .*RescaleSlope=inf"),
+], ids=["width_0", "width_negative", "sigmoid_width_0", "width_nan", "slope_inf"])
+def test_dicom_invalid_window_names_the_file(tmp_path: Path, elements: dict, words: str) -> None:
+    path = tmp_path / "bad_window.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about a DS of 'nan' / 'inf', and writes it
+        write_dicom(path, ramp(), **elements)
+    with pytest.raises(ValueError, match=rf"^{path}: .*{words}"):
+        read_image(path)
 
 
 def test_dicom_rescale_slope_intercept(tmp_path: Path) -> None:

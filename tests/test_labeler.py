@@ -249,6 +249,79 @@ def test_cli_all_good_is_0_and_missing_input_is_2(tmp_path: Path, capsys: pytest
     assert "missing.jsonl" in capsys.readouterr().err
 
 
+def _interrupting_labeler(monkeypatch: pytest.MonkeyPatch, k: int | None) -> list[str]:
+    """`unix-cxr label` gets a labeler that raises KeyboardInterrupt at its (k+1)-th report; returns the reports
+    labelled."""
+    import unix_cxr.eval.label_batch as label_batch
+
+    calls: list[str] = []
+
+    class Flaky(Labeler):
+        def label(self, text: str) -> dict:
+            if k is not None and len(calls) >= k:
+                raise KeyboardInterrupt
+            calls.append(text)
+            return super().label(text)
+
+    monkeypatch.setattr(label_batch, "Labeler", Flaky)
+    return calls
+
+
+def _report_lines(path: Path) -> Path:
+    lines = [json.dumps({"id": i, "report": f"Small left pleural effusion number {i}. Mild cardiomegaly."})
+             for i in range(10)]
+    lines[2] = "[" * 50_000  # nested too deeply
+    lines[5] = json.dumps({"id": "d", "report": None, "dropped": "no FINDINGS or IMPRESSION section"})
+    lines[7] = json.dumps({"id": 1, "report": "duplicate"})
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("k", [0, 2, 5])
+def test_cli_resume_after_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str], k: int) -> None:
+    source = _report_lines(tmp_path / "in.jsonl")
+    want, output = tmp_path / "want.jsonl", tmp_path / "out.jsonl"
+    assert main(["label", str(source), "-o", str(want), "--no-progress"]) == 1
+    output.write_bytes(b"old\n")
+    calls = _interrupting_labeler(monkeypatch, k)
+    assert main(["label", str(source), "-o", str(output), "--no-progress"]) == 130
+    assert output.read_bytes() == b"old\n"
+    done = len(calls)
+    calls = _interrupting_labeler(monkeypatch, None)
+    capsys.readouterr()
+    assert main(["label", str(source), "-o", str(output), "--no-progress"]) == 1
+    assert output.read_bytes() == want.read_bytes() and len(calls) == 7 - done  # 7 good lines: none twice
+    err = capsys.readouterr().err
+    assert "in.jsonl:3: not valid JSON (nested too deeply)" in err and "in.jsonl:8: duplicate id 1" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl", "want.jsonl"]
+
+
+def test_cli_resume_starts_over_for_another_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _report_lines(tmp_path / "in.jsonl")
+    output = tmp_path / "out.jsonl"
+    _interrupting_labeler(monkeypatch, 3)
+    assert main(["label", str(source), "-o", str(output), "--no-progress"]) == 130
+    source.write_text(source.read_text().replace("number 0.", "number zero."))
+    calls = _interrupting_labeler(monkeypatch, None)
+    assert main(["label", str(source), "-o", str(output), "--no-progress"]) == 1
+    assert len(calls) == 7
+
+
+def test_cli_every_line_fails_keeps_the_old_output(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": ' + "9" * 5000 + ', "report": "x"}\n{"id": "\\ud800", "report": "x"}\n{bad\n')
+    output = tmp_path / "out.jsonl"
+    output.write_bytes(b"previous labels\n")
+    assert main(["label", str(source), "-o", str(output)]) == 1
+    assert output.read_bytes() == b"previous labels\n"
+    err = capsys.readouterr().err
+    assert "in.jsonl:1: not valid JSON (an integer of more than 4300 digits)" in err
+    assert "in.jsonl:2: not valid Unicode (a lone surrogate \\ud800" in err and "every line failed" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
 # --- real reports (aggregate properties only) -------------------------------------------------------------------
 
 def _eval_module():

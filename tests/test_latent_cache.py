@@ -199,6 +199,48 @@ def test_bad_images_recorded_and_run_goes_on(dataset: Path, vae: LatentVAE, tmp_
     assert LatentCache(tmp_path / "c").failed == summary.failed
 
 
+@pytest.mark.parametrize("where", ["mean", "logvar"])
+def test_non_finite_latents_are_not_cached(dataset: Path, vae: LatentVAE, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A latent with NaN / inf is never stored: that record fails with the reason, the others are cached."""
+    moments, calls = vae.moments, []
+
+    def first_row_broken(x: torch.Tensor) -> torch.Tensor:
+        out = moments(x).clone()
+        if not calls:  # the first image of the first batch: images/sub/0
+            half = out.shape[1] // 2
+            out[0, :half] = float("nan") if where == "mean" else out[0, :half]
+            out[0, half:] = float("inf") if where == "logvar" else out[0, half:]
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(vae, "moments", first_row_broken)
+    summary = run(dataset, vae, tmp_path / "c")
+    assert [f["id"] for f in summary.failed] == ["images/sub/0"]
+    assert "non-finite values" in summary.failed[0]["error"] and "not cached" in summary.failed[0]["error"]
+    assert ("log-variance" in summary.failed[0]["error"]) == (where == "logvar")
+    cache = LatentCache(tmp_path / "c")
+    assert summary.cached == N_IMAGES - 1 and "images/sub/0" not in cache and "images/1" in cache
+    assert all(torch.isfinite(t).all() for t in read_cache(tmp_path / "c").values())
+
+
+def test_resolve_device() -> None:
+    from unix_cxr.utils.devices import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type in ("cpu", "cuda")
+    for spec, words in (("gpu0", "not a torch device"), ("meta", "the meta device"), ("", "not a torch device")):
+        with pytest.raises(ValueError, match=f"--device {spec}: {words}"):
+            resolve_device(spec)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda:99: this machine has"):
+            resolve_device("cuda:99")
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match=r"^--device cuda: CUDA is not available on this machine$"):
+            resolve_device("cuda")
+
+
 def test_folder_input_ids(dataset: Path) -> None:
     items = items_from_folder(dataset / "images")
     assert [it.id for it in items] == ["1", "2", "4", "5", "sub/0", "sub/3", "sub/6"]

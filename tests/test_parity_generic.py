@@ -153,3 +153,22 @@ def test_non_finite_weights_or_goldens_fail_by_name(mha_dir: Path, tmp_path: Pat
     assert rc == 1, out
     assert status(lines["case4_velocity"]) == "FAIL" and "golden has 1 non-finite values" in lines["case4_velocity"]
     assert {n for n, line in lines.items() if status(line) == "FAIL"} == {"case4_velocity"}, out
+
+
+def test_all_weights_non_finite_fail_every_case_without_a_traceback(mha_dir: Path, tmp_path: Path, capsys,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """All UniX and VAE weights NaN: every case FAILs by name (this ended in an AssertionError traceback)."""
+    broken = tmp_path / "all_nan"
+    shutil.copytree(mha_dir, broken)
+    for name in ("model.safetensors", "vae.safetensors"):
+        weights = load_file(str(mha_dir / name))
+        save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, str(broken / name))
+    rc, lines, out, err = run_cli(broken, capsys)
+    assert rc == 1, out
+    assert "Traceback" not in err and "error:" not in err, err
+    assert sorted(lines) == CASES, out
+    assert all(status(line) == "FAIL" and "(ours has" in line and "non-finite values" in line
+               for line in lines.values()), out
+    warned = [r.getMessage() for r in caplog.records if "loading them anyway" in r.getMessage()]
+    assert len(warned) == 2 and "model.safetensors: tensor" in warned[0], warned  # once per file, naming a tensor
+    assert out.splitlines()[-1] == "0 passed, 6 failed"

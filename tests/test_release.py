@@ -72,6 +72,46 @@ def test_release_errors(tmp_path):
         load_release(tmp_path / "rel")
 
 
+@pytest.mark.parametrize("change, words", [
+    (lambda c: c.update(llm_config=3), "a section or value has the wrong type"),
+    (lambda c: c["llm_config"].pop("hidden_size"), "missing key 'hidden_size'"),
+    (lambda c: c["llm_config"].update(hidden_size="64"), "decoder.hidden_size must be int, got '64'"),
+    (lambda c: c["llm_config"].update(num_attention_heads=7), "not divisible by num_heads 7"),
+    (lambda c: c.update(vit_config=[]), "a section or value has the wrong type"),
+], ids=["llm_config_int", "missing_key", "string_number", "invalid_value", "section_a_list"])
+def test_release_config_errors_name_the_file(tmp_path, change, words):
+    cfg = load_config("tiny")
+    data = to_authors_config(cfg)
+    change(data)
+    folder = tmp_path / "rel"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(data))
+    save_authors_weights(randomize(UniX(cfg)).eval(), folder / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"^{folder / 'config.json'}: .*{words}"):
+        load_release(folder)
+    (folder / "config.json").write_text('{"llm_config": ')
+    with pytest.raises(ValueError, match=rf"^{folder / 'config.json'}: not valid JSON"):
+        load_release(folder)
+
+
+def test_release_weights_non_finite_or_garbage(tmp_path):
+    cfg = load_config("tiny")
+    model = randomize(UniX(cfg)).eval()
+    write_release(tmp_path / "rel", model, randomize(LatentVAE(cfg.vae), seed=1).eval())
+    vae_file = tmp_path / "rel" / "vae" / "kl-f16d16.safetensors"
+    vae_file.write_bytes(vae_file.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=rf"^{vae_file}: not a readable \.safetensors file"):
+        load_release(tmp_path / "rel", dtype=torch.float32, tokens=cfg.tokens)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("inf")
+    save_authors_weights(model, tmp_path / "rel" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor \S+ has 1 non-finite values"):
+        load_release(tmp_path / "rel", dtype=torch.float32, with_generation=False, tokens=cfg.tokens)
+    rel = load_release(tmp_path / "rel", dtype=torch.float32, with_generation=False, tokens=cfg.tokens,
+                       allow_non_finite=True)
+    assert not torch.isfinite(rel.model.lm_head.weight).all()
+
+
 def test_own_config_format_is_strict(tmp_path):
     cfg = load_config("tiny")
     path = tmp_path / "c.yaml"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 from pathlib import Path
 
 import pytest
@@ -225,20 +224,75 @@ def test_pickled_checkpoint_conversion(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left behind
 
 
-def test_pickle_conversion_drops_extras_and_falls_back(tmp_path: Path, tiny_vae: LatentVAE,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_pickle_conversion_drops_extras(tmp_path: Path, tiny_vae: LatentVAE) -> None:
     ldm = diffusers_to_ldm(tiny_vae.autoencoder.state_dict(), TINY)
     ckpt = tmp_path / "lightning.ckpt"
-    # argparse.Namespace is not on the weights_only allow-list: the safe load fails, the trusted fallback runs
-    torch.save({"state_dict": {**ldm, "loss.logvar": torch.zeros(())}, "hparams": argparse.Namespace(lr=1.0)}, ckpt)
+    torch.save({"state_dict": {**ldm, "loss.logvar": torch.zeros(())}, "epoch": 3, "lr": [1e-4]}, ckpt)
     out = tmp_path / "out.safetensors"
-    with caplog.at_level(logging.WARNING, logger="unix_cxr.checkpoint.vae"):
-        convert_pickled_vae(ckpt, out, trust_pickle=True)
-    assert any("weights_only" in r.getMessage() for r in caplog.records)
+    convert_pickled_vae(ckpt, out, trust_pickle=True)
     got = load_file(str(out))
     assert set(got) == set(ldm)
     with pytest.raises(ValueError, match="convert-vae"):
         load_vae(ckpt, cfg=TINY)
+
+
+def test_pickle_needing_a_full_unpickle_is_refused(tmp_path: Path, tiny_vae: LatentVAE) -> None:
+    """--trust-pickle never falls back to torch.load(weights_only=False): an object outside the weights-only
+    allow-list (here argparse.Namespace, as Lightning's hparams) is refused, naming the file and the object."""
+    ldm = diffusers_to_ldm(tiny_vae.autoencoder.state_dict(), TINY)
+    ckpt = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": ldm, "hparams": argparse.Namespace(lr=1.0)}, ckpt)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"previous")
+    with pytest.raises(ValueError, match=r"weights_only=True.*argparse\.Namespace") as err:
+        convert_pickled_vae(ckpt, out, trust_pickle=True)
+    assert str(ckpt) in str(err.value) and "never unpickles" in str(err.value)
+    assert out.read_bytes() == b"previous"
+
+
+@needs_parity
+def test_authors_ckpt_loads_weights_only() -> None:
+    """The claim behind removing the fallback: the genuine kl-f16d16.ckpt loads with weights_only=True."""
+    obj = torch.load(PARITY / "vae" / "kl-f16d16.ckpt", map_location="cpu", weights_only=True)
+    assert set(obj) == {"state_dict"} and len(obj["state_dict"]) == 238
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path: Path, tiny_vae: LatentVAE) -> None:
+    ldm = diffusers_to_ldm(tiny_vae.autoencoder.state_dict(), TINY)
+    key = "decoder.conv_out.weight"
+    ldm[key] = ldm[key].clone()
+    ldm[key].view(-1)[:3] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(path))
+    with pytest.raises(ValueError, match=rf"{path}: tensor {key} has 3 non-finite values"):
+        load_vae(path, cfg=TINY)
+    assert not torch.isfinite(load_vae(path, cfg=TINY, allow_non_finite=True).autoencoder.state_dict()[
+        "decoder.conv_out.weight"]).all()
+    with pytest.raises(ValueError, match=rf"VAE state dict: tensor {key} has 3 non-finite"):
+        vae_from_state_dict(ldm, TINY)
+    ckpt = tmp_path / "nan.ckpt"
+    torch.save({"state_dict": ldm}, ckpt)
+    with pytest.raises(ValueError, match=rf"{ckpt}: tensor {key} has 3 non-finite"):
+        convert_pickled_vae(ckpt, tmp_path / "out.safetensors", trust_pickle=True)
+    assert not (tmp_path / "out.safetensors").exists()
+    convert_pickled_vae(ckpt, tmp_path / "out.safetensors", trust_pickle=True, allow_non_finite=True)
+
+
+@pytest.mark.parametrize("content", ["random", "half", "lying_header"])
+def test_unreadable_safetensors_names_the_file(tmp_path: Path, tiny_vae: LatentVAE, content: str) -> None:
+    good = save_vae(tiny_vae, tmp_path / "good.safetensors")
+    data = good.read_bytes()
+    path = tmp_path / "bad.safetensors"
+    if content == "random":
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif content == "half":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # header intact, tensor data cut: the header claims more bytes than the file has
+        header_len = int.from_bytes(data[:8], "little")
+        path.write_bytes(data[: 8 + header_len + 16])
+    with pytest.raises(ValueError, match=rf"{path}: not a readable \.safetensors file"):
+        load_vae(path)
 
 
 def test_save_and_load_both_layouts(tmp_path: Path, tiny_vae: LatentVAE) -> None:

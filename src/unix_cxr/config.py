@@ -15,9 +15,11 @@ overrides (`decoder.num_layers=4 sampling.cfg_interval=[0.4,1.0]`), strictly: an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -263,14 +265,44 @@ def _build(cls, data: Any, where: str):
         raise ValueError(f"{where}: unknown config keys {unknown} (known: {sorted(fields)})")
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls(), name)
+        default = _default(fields[name])
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = check_value(value, default, fields[name].type, f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_value(value: Any, default: Any, annotation: Any, where: str) -> Any:
+    """A scalar or tuple field's value checked against its type (read off its default; None where the annotation
+    allows it): ValueError `WHERE must be TYPE, got VALUE`. Ints are accepted for floats; lists become tuples."""
+    if value is None and (default is None or "None" in str(annotation)):
+        return value
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = _is_number(value)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list | tuple) and all(_is_number(v) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"{where} must be {type(default).__name__}, got {value!r}")
+    return value
 
 
 # ---- presets and the one loader ------------------------------------------------------------------------------
@@ -288,11 +320,25 @@ def _read_mapping(path: Path, text: str) -> dict[str, Any]:
     return data
 
 
+OWN_CONFIG = "unix-cxr.yaml"  # our full config in a release folder we export (the authors' config.json beside it)
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text; ValueError naming the file when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def _release_folder_config(folder: Path) -> UniXConfig:
+    own = folder / OWN_CONFIG
+    if own.is_file():  # ours is complete (special tokens, decoding, ...); the authors' config.json is not
+        return _from_mapping(_read_mapping(own, _read_text(own)), str(own))
     config, vae_yaml = folder / "config.json", folder / "vae" / "config.yaml"
     vae_yaml = vae_yaml if vae_yaml.is_file() else None
     if config.is_file():
-        return _authors_config(_read_mapping(config, config.read_text()), vae_yaml)
+        return _authors_config(_read_mapping(config, _read_text(config)), vae_yaml, where=str(config))
     log.info("%s has no config.json: using the released UniX configuration", folder)
     cfg = _from_source("unix-full")
     if vae_yaml is not None:
@@ -322,13 +368,16 @@ def _from_source(source: str | Path | UniXConfig | Mapping[str, Any]) -> UniXCon
     if not path.is_file():
         hint = f" (presets: {', '.join(PRESETS)})" if isinstance(source, str) and not path.suffix else ""
         raise ValueError(f"config {source}: no such preset, file or folder{hint}")
-    data = _read_mapping(path, path.read_text())
+    data = _read_mapping(path, _read_text(path))
     try:
         return _from_mapping(data, "config")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a UniX config ({type(err).__name__}: {err})") from None
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -341,22 +390,26 @@ def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, A
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not of the form key=value (e.g. decoder.num_layers=4)")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ValueError(f"override {item!r}: the value is not a YAML scalar or list") from None
+        if isinstance(parsed, str):  # YAML 1.1 reads 2e-4 (no dot) as a string; a user means the number
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed) if _NUMBER.fullmatch(parsed.strip()) else parsed
+        out[key.strip()] = parsed
     return out
 
 
-def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], what: str = "config") -> dict[str, Any]:
     """Set each dotted key of `overrides` in the nested dict `data` (a copy); an unknown key names itself."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for dotted, value in overrides.items():
         node, parts = data, dotted.split(".")
         for depth, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
-                where = ".".join(parts[:depth]) or "config"
+                where = ".".join(parts[:depth]) or what
                 known = sorted(node) if isinstance(node, dict) else []
-                raise ValueError(f"unknown config key {dotted!r} ({where} has {known})")
+                raise ValueError(f"unknown {what} key {dotted!r} ({where} has {known})")
             if depth == len(parts) - 1:
                 node[part] = value
             else:
@@ -372,10 +425,14 @@ def load_config(source: str | Path | UniXConfig | Mapping[str, Any] = "unix-full
     if changes:
         cfg = _build(UniXConfig, apply_overrides(cfg.to_dict(), changes), "config")
     where = source if isinstance(source, str | Path) else "config"
+    if isinstance(source, str | Path) and Path(source).is_dir():  # a release folder: name the file with the values
+        where = next((p for p in (Path(source) / OWN_CONFIG, Path(source) / "config.json") if p.is_file()), where)
     try:
         return cfg.validate()
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+    except TypeError as err:  # a value of the wrong type that no earlier check caught
+        raise ValueError(f"{where}: a config value has the wrong type ({err})") from None
 
 
 # ---- the authors' formats ------------------------------------------------------------------------------
@@ -389,11 +446,52 @@ def from_authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None
     The authors' files do not carry the special token ids (their code hard-codes them): pass `tokens` for a
     model with another vocabulary (through `load_config`: the overrides `tokens.bos=...`).
     """
-    return _authors_config(data, vae_yaml, tokens).validate()
+    cfg = _authors_config(data, vae_yaml, tokens, where="authors' config")
+    try:
+        return cfg.validate()
+    except TypeError as err:
+        raise ValueError(f"authors' config: a value has the wrong type ({err})") from None
 
 
 def _authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None,
-                    tokens: SpecialTokens | None = None) -> UniXConfig:
+                    tokens: SpecialTokens | None = None, where: str = "config") -> UniXConfig:
+    """The authors' config.json as ours (not yet validated). Whatever is wrong with it (not a mapping, a missing
+    key, a section or value of the wrong type) is a ValueError that starts with `where` (the file's path)."""
+    vae = vae_config_from_ldm_yaml(vae_yaml) if vae_yaml is not None else None  # names its own file
+    try:
+        cfg = _translate_authors(data, tokens)
+        if vae is not None:
+            cfg.vae = vae
+        # the inferencer's default output is 512 px (image_shapes); a smaller model draws at its largest size
+        cfg.sampling.image_size = min(cfg.sampling.image_size, cfg.max_latent_size * cfg.vae.downsample)
+        _check_types(cfg, "")
+    except KeyError as err:
+        raise ValueError(f"{where}: not a UniX or Janus config.json: missing key {err}") from None
+    except (TypeError, AttributeError) as err:  # e.g. "llm_config": 3, a list where a mapping belongs
+        raise ValueError(f"{where}: not a UniX or Janus config.json: a section or value has the wrong type "
+                         f"({' '.join(str(err).split())})") from None
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return cfg
+
+
+def _check_types(node: Any, prefix: str) -> None:
+    """TypeError naming the first field whose value does not have its type (`check_value`): the authors' files are
+    JSON, so `"hidden_size": "2048"` or `2048.5` must not reach the model."""
+    for f in dataclasses.fields(node):
+        value, name = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_types(value, f"{name}.")
+            continue
+        try:
+            check_value(value, _default(f), f.type, name)
+        except ValueError as err:
+            raise TypeError(str(err)) from None
+
+
+def _translate_authors(data: dict[str, Any], tokens: SpecialTokens | None) -> UniXConfig:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
     cfg = UniXConfig(tokens=tokens or SpecialTokens())
     if "llm_config" in data:
         llm = data["llm_config"]
@@ -446,10 +544,6 @@ def _authors_config(data: dict[str, Any], vae_yaml: str | Path | None = None,
         if name not in _JANUS_VISION:
             raise ValueError(f"unknown Janus vision tower {name!r}; known: {sorted(_JANUS_VISION)}")
         cfg.vision = dataclasses.replace(_JANUS_VISION[name])
-    if vae_yaml is not None:
-        cfg.vae = vae_config_from_ldm_yaml(vae_yaml)
-    # the inferencer's default output is 512 px (image_shapes); a smaller model draws at its largest size
-    cfg.sampling.image_size = min(cfg.sampling.image_size, cfg.max_latent_size * cfg.vae.downsample)
     return cfg
 
 
@@ -492,18 +586,35 @@ def ldm_vae_yaml(cfg: VAEConfig) -> dict[str, Any]:
 
 
 def vae_config_from_ldm_yaml(path: str | Path) -> VAEConfig:
-    """Read the latent-diffusion `config.yaml` (model.params.ddconfig) that ships next to the VAE checkpoint."""
-    data = yaml.safe_load(Path(path).read_text())
+    """Read the latent-diffusion `config.yaml` (model.params.ddconfig) that ships next to the VAE checkpoint.
+
+    Anything wrong with it (not YAML, not UTF-8, a missing key, a value of the wrong type) is a ValueError naming
+    the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     try:
         params = data["model"]["params"]
         dd = params["ddconfig"]
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a latent-diffusion config (missing model.params.ddconfig)") from err
+        if not isinstance(dd, dict) or not isinstance(params, dict):
+            raise TypeError
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not a latent-diffusion config (missing model.params.ddconfig)") from None
     if not dd.get("double_z", True):
         raise ValueError(f"{path}: only double_z (KL) autoencoders are supported")
-    return VAEConfig(
-        ch=dd["ch"], ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
-        attn_resolutions=tuple(dd.get("attn_resolutions", ())), resolution=dd["resolution"],
-        z_channels=dd["z_channels"], embed_dim=params.get("embed_dim", dd["z_channels"]),
-        in_channels=dd.get("in_channels", 3), out_channels=dd.get("out_ch", 3),
-    )
+    try:
+        cfg = VAEConfig(
+            ch=dd["ch"], ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
+            attn_resolutions=tuple(dd.get("attn_resolutions", ())), resolution=dd["resolution"],
+            z_channels=dd["z_channels"], embed_dim=params.get("embed_dim", dd["z_channels"]),
+            in_channels=dd.get("in_channels", 3), out_channels=dd.get("out_ch", 3),
+        )
+        _check_types(cfg, "ddconfig.")
+    except KeyError as err:
+        raise ValueError(f"{path}: latent-diffusion config without model.params.ddconfig.{err.args[0]}") from None
+    except (TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: latent-diffusion config with a value of the wrong type "
+                         f"({' '.join(str(err).split())})") from None
+    return cfg

@@ -14,7 +14,7 @@ import torch
 
 from ..model.unix import UniX
 from .keymap import from_authors, is_generation_key, to_authors
-from .safetensors_io import read_safetensors, state_dict_mismatch, write_safetensors_atomic
+from .safetensors_io import check_finite, read_safetensors, state_dict_mismatch, write_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +24,20 @@ log = logging.getLogger(__name__)
 UNUSED_PREFIXES = ("vit_pos_embed.", "latent_pos_embed.", "vision.tower.head.")
 
 
-def load_authors_weights(model: UniX, source: str | Path | dict[str, torch.Tensor]) -> None:
+def load_authors_weights(model: UniX, source: str | Path | dict[str, torch.Tensor],
+                         allow_non_finite: bool = False) -> None:
     """Load a state dict in the authors' layout (file or dict) into `model`, strictly.
 
     A report-only model skips the generation tensors without reading them. Raises ValueError naming every
-    missing, unexpected or mis-shaped key (only the unused tensors of UNUSED_PREFIXES may be absent).
+    missing, unexpected or mis-shaped key (only the unused tensors of UNUSED_PREFIXES may be absent), a file that
+    is not safetensors, and (unless `allow_non_finite`) the first tensor that holds NaN or infinity.
     """
     skip = None if model.with_generation else is_generation_key
     if isinstance(source, dict):
         authors = {k: v for k, v in source.items() if skip is None or not skip(k)}
+        check_finite(authors, "state dict", allow_non_finite)
     else:
-        authors = read_safetensors(source, skip)
+        authors = read_safetensors(source, skip, allow_non_finite)
     ours = from_authors(authors)
     expected = model.state_dict()
     absent_unused = [k for k in expected if k not in ours and k.startswith(UNUSED_PREFIXES)]

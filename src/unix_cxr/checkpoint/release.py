@@ -52,10 +52,13 @@ def load_tokenizer(folder: str | Path):
 
 
 def load_release(folder: str | Path, dtype: torch.dtype = torch.bfloat16, with_generation: bool = True,
-                 device: str | torch.device = "cpu", tokens: SpecialTokens | None = None) -> Release:
+                 device: str | torch.device = "cpu", tokens: SpecialTokens | None = None,
+                 allow_non_finite: bool = False) -> Release:
     """Build the model of a release folder and load its weights, VAE (when generating) and tokenizer.
 
     `tokens`: special-token ids, for models with another vocabulary than the released one (its files don't say).
+    A weight file that is not safetensors, or (unless `allow_non_finite`) a tensor holding NaN or infinity, is a
+    ValueError naming the file and the tensor.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -68,8 +71,8 @@ def load_release(folder: str | Path, dtype: torch.dtype = torch.bfloat16, with_g
         model = UniX(cfg, with_generation=with_generation)
     model = model.to_empty(device=device).to(dtype)
     model.reset_fixed_tables()
-    load_authors_weights(model, weights)
+    load_authors_weights(model, weights, allow_non_finite=allow_non_finite)
     vae = None
     if with_generation and (folder / "vae").is_dir():
-        vae = load_vae(folder / "vae", cfg.vae, dtype=dtype).to(device)
+        vae = load_vae(folder / "vae", cfg.vae, dtype=dtype, allow_non_finite=allow_non_finite).to(device)
     return Release(cfg, model.eval(), vae, load_tokenizer(folder))

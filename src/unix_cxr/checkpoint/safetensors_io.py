@@ -3,7 +3,11 @@
 * `refuse_pickle(path)`: pickled checkpoints (.ckpt, .pt, .pth, .bin, .pkl) are never opened; unpickling can run
   arbitrary code. The VAE's one-time conversion command (`unix-cxr convert-vae CKPT OUT.safetensors
   --trust-pickle`) is the only place that unpickles, and only when told to.
-* `read_safetensors(path, skip)`: read a .safetensors file, never reading the tensors of skipped keys.
+* `read_safetensors(path, skip, allow_non_finite)`: read a .safetensors file, never reading the tensors of skipped
+  keys; a file that is not safetensors (garbage, truncated, a header claiming more data than the file holds) is a
+  ValueError naming it, and so is a tensor holding NaN or infinity (unless `allow_non_finite`).
+* `check_finite(tensors, where)`: the non-finite check itself (one `torch.isfinite(t).all()` per tensor).
+* `open_safetensors(path)`: `safe_open`, with safetensors' own errors turned into a ValueError naming the file.
 * `write_safetensors_atomic(tensors, path, metadata)`: write beside the target, then rename over it.
 * `state_dict_mismatch(expected, given)`: missing / unexpected keys and shape differences, readably.
 
@@ -12,21 +16,30 @@ This module imports nothing from `unix_cxr.model`, so model code can use it with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..utils.atomic import atomic_path
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "PICKLE_SUFFIXES",
+    "check_finite",
+    "non_finite_count",
+    "open_safetensors",
     "read_safetensors",
     "refuse_pickle",
     "state_dict_mismatch",
     "summarise_keys",
+    "unreadable_safetensors",
     "write_safetensors_atomic",
 ]
 
@@ -44,14 +57,65 @@ def refuse_pickle(path: str | Path) -> None:
         )
 
 
-def read_safetensors(path: str | Path, skip: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
-    """Read a .safetensors file, leaving out the keys for which `skip(key)` is true (they are never read)."""
+def unreadable_safetensors(path: str | Path, err: BaseException) -> ValueError:
+    """The ValueError for a file that safetensors cannot read (garbage, truncated, a lying header)."""
+    return ValueError(f"{path}: not a readable .safetensors file (garbage or truncated: {' '.join(str(err).split())})")
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | Path) -> Iterator[Any]:
+    """`safe_open(path)` (PyTorch tensors); SafetensorError on opening or reading becomes a ValueError naming the
+    file (the file is opened and its header checked here; tensors are read lazily, inside the block)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except SafetensorError as err:
+        raise unreadable_safetensors(path, err) from None
+
+
+def non_finite_count(tensor: torch.Tensor) -> int:
+    """How many elements of `tensor` are NaN or infinite (0 for integer, bool and meta tensors)."""
+    if tensor.is_meta or not (tensor.is_floating_point() or tensor.is_complex()):
+        return 0
+    finite = torch.isfinite(tensor)
+    return 0 if bool(finite.all()) else int((~finite).sum())
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, allow: bool = False) -> None:
+    """Refuse (ValueError) the first tensor holding NaN or infinity: `WHERE: tensor NAME has N non-finite values`.
+
+    `allow=True` loads them anyway, with one warning naming the first. One `torch.isfinite(t).all()` per tensor.
+    """
+    first, tensors_bad = "", 0
+    for name, tensor in tensors.items():
+        bad = non_finite_count(tensor)
+        if not bad:
+            continue
+        message = f"{where}: tensor {name} has {bad} non-finite values (NaN or infinity) of {tensor.numel()}"
+        if not allow:
+            raise ValueError(f"{message}; refusing to load these weights (to load them anyway: allow_non_finite=True"
+                             ", or --allow-non-finite where a command has it)")
+        first, tensors_bad = first or message, tensors_bad + 1
+    if tensors_bad:
+        log.warning("%s (%d tensor(s) with non-finite values in all); loading them anyway (allow_non_finite)", first,
+                    tensors_bad)
+
+
+def read_safetensors(path: str | Path, skip: Callable[[str], bool] | None = None,
+                     allow_non_finite: bool = False) -> dict[str, torch.Tensor]:
+    """Read a .safetensors file, leaving out the keys for which `skip(key)` is true (they are never read).
+
+    ValueError naming the file when it is not safetensors, and (unless `allow_non_finite`) naming the first tensor
+    that holds NaN or infinity.
+    """
     path = Path(path)
     refuse_pickle(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if skip is None or not skip(k)}  # noqa: SIM118 - not iterable
+    with open_safetensors(path) as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if skip is None or not skip(k)}  # noqa: SIM118 - not iterable
+    check_finite(tensors, path, allow_non_finite)
+    return tensors
 
 
 def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,

@@ -1,8 +1,10 @@
 """Weight I/O of the UniX image autoencoder (`unix_cxr.model.vae.LatentVAE`): safetensors only, strictly checked.
 
-* `load_vae(path)` reads safetensors only (ldm or diffusers layout, auto-detected) and loads strictly;
+* `load_vae(path)` reads safetensors only (ldm or diffusers layout, auto-detected) and loads strictly; a file that
+  is not safetensors, or a tensor holding NaN or infinity (unless `allow_non_finite`), is a ValueError naming it;
 * `convert_pickled_vae` turns the authors' pickled `kl-f16d16.ckpt` into an ldm-layout safetensors file once,
-  only when the caller states that the pickle is trusted;
+  only when the caller states that the pickle is trusted, and even then only through
+  `torch.load(weights_only=True)` (tensors and plain containers; no full unpickle, ever);
 * `save_vae` writes either layout, with the config in the file's metadata.
 """
 
@@ -11,17 +13,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from ..config import VAEConfig, vae_config_from_ldm_yaml
 from ..model.vae import LatentVAE, build_autoencoder
+from ..utils.atomic import check_output_path
 from .safetensors_io import (
     PICKLE_SUFFIXES,
+    check_finite,
+    open_safetensors,
+    read_safetensors,
     refuse_pickle,
     state_dict_mismatch,
     summarise_keys,
@@ -64,12 +69,16 @@ def _resolve_file(path: Path) -> tuple[Path, Path | None]:
 
 
 def _config_from_metadata(file: Path) -> VAEConfig | None:
-    with safe_open(str(file), framework="pt") as f:
+    with open_safetensors(file) as f:
         meta = f.metadata() or {}
     if CONFIG_METADATA_KEY not in meta:
         return None
-    data = json.loads(meta[CONFIG_METADATA_KEY])
-    return VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    try:
+        data = json.loads(meta[CONFIG_METADATA_KEY])
+        return VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (ValueError, TypeError, AttributeError) as err:  # not JSON, not a mapping, unknown or missing fields
+        raise ValueError(f"{file}: the VAE config in the file's metadata ({CONFIG_METADATA_KEY}) is not valid "
+                         f"({type(err).__name__}: {' '.join(str(err).split())})") from None
 
 
 def check_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], cfg: VAEConfig,
@@ -82,8 +91,17 @@ def check_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tens
                          f" (keys in {layout} naming)")
 
 
-def vae_from_state_dict(sd: dict[str, torch.Tensor], cfg: VAEConfig, dtype: torch.dtype = torch.float32) -> LatentVAE:
-    """Build a LatentVAE from a state dict in either layout (auto-detected), strictly."""
+def vae_from_state_dict(sd: dict[str, torch.Tensor], cfg: VAEConfig, dtype: torch.dtype = torch.float32,
+                        allow_non_finite: bool = False) -> LatentVAE:
+    """Build a LatentVAE from a state dict in either layout (auto-detected), strictly.
+
+    A tensor holding NaN or infinity is a ValueError naming it, unless `allow_non_finite`.
+    """
+    check_finite(sd, "VAE state dict", allow_non_finite)
+    return _build_vae(sd, cfg, dtype)
+
+
+def _build_vae(sd: dict[str, torch.Tensor], cfg: VAEConfig, dtype: torch.dtype) -> LatentVAE:
     layout = detect_layout(sd)
     with torch.device("meta"):
         autoencoder = build_autoencoder(cfg)
@@ -97,11 +115,14 @@ def vae_from_state_dict(sd: dict[str, torch.Tensor], cfg: VAEConfig, dtype: torc
     return LatentVAE(cfg, autoencoder).eval()
 
 
-def load_vae(path: str | Path, cfg: VAEConfig | None = None, dtype: torch.dtype = torch.float32) -> LatentVAE:
+def load_vae(path: str | Path, cfg: VAEConfig | None = None, dtype: torch.dtype = torch.float32,
+             allow_non_finite: bool = False) -> LatentVAE:
     """Load the VAE from a .safetensors file or a folder holding one (plus an optional LDM `config.yaml`).
 
     Config, first found: `cfg`; the folder's `config.yaml`; the config stored by `save_vae` in the file's
-    metadata; the default `VAEConfig()` (the released kl-f16). Pickled checkpoints are refused.
+    metadata; the default `VAEConfig()` (the released kl-f16). Pickled checkpoints are refused; so (ValueError
+    naming the file) is a file that is not safetensors, weights that do not fit the config, and, unless
+    `allow_non_finite`, a tensor holding NaN or infinity.
     """
     file, yaml_path = _resolve_file(Path(path))
     if cfg is None and yaml_path is not None:
@@ -112,7 +133,11 @@ def load_vae(path: str | Path, cfg: VAEConfig | None = None, dtype: torch.dtype 
     if cfg is None:
         log.info("no VAE config given or found next to %s; using the default kl-f16 config", file)
         cfg = VAEConfig()
-    vae = vae_from_state_dict(load_file(str(file)), cfg, dtype)
+    sd = read_safetensors(file, allow_non_finite=allow_non_finite)
+    try:
+        vae = _build_vae(sd, cfg, dtype)
+    except ValueError as err:
+        raise ValueError(f"{file}: {err}") from None
     log.info("loaded VAE from %s (%d parameters)", file, sum(p.numel() for p in vae.parameters()))
     return vae
 
@@ -132,19 +157,38 @@ def save_vae(vae: LatentVAE, path: str | Path, layout: Literal["ldm", "diffusers
 
 
 def _torch_load(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers only, never a full unpickle.
+
+    A file that needs anything else (a pickled class, a function) or is no PyTorch checkpoint at all is a
+    ValueError naming it. The authors' kl-f16d16.ckpt loads this way (tested).
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        log.warning("%s does not load with weights_only=True (%s: %s); unpickling it fully because "
-                    "trust_pickle is set", path, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-        return torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+        detail = " ".join(detail.split())
+        for cut in (" Please use ", " Check the documentation ", " Please file an issue "):
+            detail = detail.split(cut, 1)[0]
+        if "Unsupported global" not in detail:  # random bytes, a broken pickle stream
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint (corrupt pickle data: {detail[:200]})"
+                             ) from None
+        raise ValueError(f"{path}: does not load with torch.load(weights_only=True) ({detail[:300]}); refusing "
+                         "it: --trust-pickle reads tensors and plain containers only and never unpickles a file "
+                         "fully (docs/weights.md)") from None
+    except Exception as err:  # a truncated zip, an old format torch cannot parse, ...
+        first = " ".join(str(err).split(". ")[0].split())
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first[:300]})") from None
 
 
-def convert_pickled_vae(ckpt_path: str | Path, out_path: str | Path, trust_pickle: bool) -> Path:
+def convert_pickled_vae(ckpt_path: str | Path, out_path: str | Path, trust_pickle: bool,
+                        allow_non_finite: bool = False) -> Path:
     """Convert a pickled VAE checkpoint (e.g. the authors' kl-f16d16.ckpt) into an ldm-layout safetensors file.
 
-    Refused unless `trust_pickle`. Loads with weights_only=True first and falls back to a full unpickle (logged)
-    only if that fails. Keeps only the autoencoder tensors (drops e.g. `loss.*`); the write is atomic.
+    Refused unless `trust_pickle`. Even then the file is read with `torch.load(weights_only=True)` only
+    (tensors and plain containers; a file that needs more is refused, never unpickled fully). Keeps only the
+    autoencoder tensors (drops e.g. `loss.*`); refuses a tensor holding NaN or infinity unless
+    `allow_non_finite`; the write is atomic (an existing output is left as it was on any error).
     """
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
     if not trust_pickle:
@@ -152,19 +196,21 @@ def convert_pickled_vae(ckpt_path: str | Path, out_path: str | Path, trust_pickl
                          "Pass trust_pickle=True (CLI: --trust-pickle) only for a file from a source you trust")
     if out_path.suffix != ".safetensors":
         raise ValueError(f"output {out_path} must end in .safetensors")
+    check_output_path(out_path)
     if not ckpt_path.is_file():
         raise ValueError(f"{ckpt_path}: no such file")
     obj = _torch_load(ckpt_path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise TypeError(f"{ckpt_path}: expected a state dict (or {{'state_dict': ...}}), got {type(obj).__name__}")
+        raise ValueError(f"{ckpt_path}: expected a state dict (or {{'state_dict': ...}}), got {type(obj).__name__}")
+    dropped: list[str] = [repr(k) for k in obj if not isinstance(k, str)]
+    obj = {k: v for k, v in obj.items() if isinstance(k, str)}
     # a whole latent-diffusion model holds the autoencoder under `first_stage_model.`
     prefix = "first_stage_model."
     nested = not any(k.startswith(AUTOENCODER_PREFIXES) for k in obj) and any(
         k.startswith(prefix + "encoder.") for k in obj)
     kept: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
     for key, value in obj.items():
         name = key[len(prefix):] if nested and key.startswith(prefix) else key
         if isinstance(value, torch.Tensor) and name.startswith(AUTOENCODER_PREFIXES) and (
@@ -174,9 +220,16 @@ def convert_pickled_vae(ckpt_path: str | Path, out_path: str | Path, trust_pickl
             dropped.append(key)
     if dropped:
         log.info("dropping %d non-autoencoder entries from %s: %s", len(dropped), ckpt_path, summarise_keys(dropped))
-    layout = detect_layout(kept)
-    if layout == "diffusers":
-        kept = convert_layout(kept, count_levels(kept, layout), "diffusers")
+    if not kept:
+        raise ValueError(f"{ckpt_path}: no autoencoder tensors ({', '.join(p + '*' for p in AUTOENCODER_PREFIXES)}); "
+                         f"its entries: {summarise_keys(dropped)}")
+    try:
+        layout = detect_layout(kept)
+        if layout == "diffusers":
+            kept = convert_layout(kept, count_levels(kept, layout), "diffusers")
+    except ValueError as err:
+        raise ValueError(f"{ckpt_path}: {err}") from None
+    check_finite(kept, ckpt_path, allow_non_finite)
     tensors = {k: v.detach().clone().contiguous() for k, v in kept.items()}
     out = write_safetensors_atomic(tensors, out_path, {"format": "pt", "layout": "ldm", "source": ckpt_path.name})
     log.info("wrote %d VAE tensors (ldm layout) from %s to %s", len(tensors), ckpt_path, out)

@@ -4,8 +4,10 @@ INPUT is a caption JSONL (``{"id"?: ..., "image": PATH, "caption": ...}`` per li
 ``--image-root``, default the JSONL's folder) or a folder of images (PNG, JPEG, DICOM; searched recursively; id =
 relative path without the suffix). Writes ``DIR/shard_NNNNN.safetensors`` and ``DIR/index.json``
 (`unix_cxr.data.latent_cache`). Running the same command again resumes an interrupted run: completed shards are
-kept, the rest is encoded. Each image that fails (missing, unreadable, not an image, bad JSONL line, duplicate id)
-is logged, recorded in the index, and listed at the end; the exit status is then 1 (0 when all were cached).
+kept, the rest is encoded. Each image that fails (missing, unreadable, not an image, bad JSONL line, duplicate id,
+a latent with NaN or infinite values) is logged, recorded in the index, and listed at the end; the exit status is
+then 1 (0 when all were cached). A bad --device, a VAE file that is not safetensors and (without
+--allow-non-finite) VAE weights with NaN or infinity end the run before any image is read: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -25,19 +27,17 @@ MAX_LISTED = 20
 
 
 def _cmd_cache_latents(args: argparse.Namespace) -> int:
-    import torch
-
     from ..checkpoint.vae import load_vae
     from ..data.latent_cache import cache_latents, read_items
+    from ..utils.devices import resolve_device
 
-
+    device = resolve_device(args.device)  # before any work: `--device cuda` on a CPU-only machine is one line
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError(f"--shard-size and --batch-size must be positive, got {args.shard_size}, {args.batch_size}")
     items = read_items(args.input, args.image_root)
     if not items:
         raise ValueError(f"{args.input}: no images or records found")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    vae = load_vae(args.vae).to(device)
+    vae = load_vae(args.vae, allow_non_finite=args.allow_non_finite).to(device)
     log.info("caching %d records from %s with the VAE %s on %s -> %s (size %d, store %s, %s, %d per shard)",
              len(items), args.input, args.vae, device, args.out, args.size, args.store, args.dtype, args.shard_size)
     start = time.perf_counter()
@@ -80,7 +80,11 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--pad", choices=["white", "black", "crop", "squash"], default="white",
                    help="how non-square images are squared (unix_cxr.data.transforms.vae_transform; default white)")
     p.add_argument("--image-root", default=None, help="folder that relative image paths of a JSONL start from")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu); checked "
+                   "before any work")
+    p.add_argument("--allow-non-finite", action="store_true",
+                   help="load a VAE whose weights hold NaN or infinity (refused by default); latents with non-finite "
+                        "values are still never cached (each such image is recorded as failed)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing cache in --out instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_cache_latents)

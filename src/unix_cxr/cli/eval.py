@@ -166,8 +166,10 @@ def _cmd_cycle(args: argparse.Namespace) -> int:
     from ..data.transforms import as_uint8_grey
     from ..eval import cards, cycle, plots, runner
     from ..infer.pipeline import UniXPipeline
+    from ..utils.devices import resolve_device
     from ..utils.provenance import sha256_file, sha256_file_list
 
+    device = resolve_device(args.device)  # before any work
     labeler, labeler_desc = _make_labeler(args)
     if args.reports:
         if not Path(args.reports).is_file():
@@ -182,10 +184,10 @@ def _cmd_cycle(args: argparse.Namespace) -> int:
             paths, "reading images", not args.no_progress, unit="image")}
         inputs = {"images": {"dir": str(args.images), "n_images": len(paths),
                              "file_list_sha256": sha256_file_list(paths)}}
-    dtype = {"auto": torch.float32 if str(args.device) == "cpu" else torch.bfloat16, "float32": torch.float32,
+    dtype = {"auto": torch.float32 if device.type == "cpu" else torch.bfloat16, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     tokens = SpecialTokens(*args.special_tokens) if args.special_tokens else None
-    release = load_release(args.release, dtype=dtype, device=args.device, tokens=tokens)
+    release = load_release(args.release, dtype=dtype, device=device, tokens=tokens)
     pipeline = UniXPipeline(
         release.model, release.vae, release.tokenizer, image_size=args.image_size, batch_size=args.batch_size,
         decoding={"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None,

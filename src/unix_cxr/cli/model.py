@@ -31,7 +31,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
 def _cmd_convert_vae(args: argparse.Namespace) -> int:
     from ..checkpoint.vae import convert_pickled_vae
 
-    out = convert_pickled_vae(args.checkpoint, args.output, trust_pickle=args.trust_pickle)
+    out = convert_pickled_vae(args.checkpoint, args.output, trust_pickle=args.trust_pickle,
+                              allow_non_finite=args.allow_non_finite)
     log.info("wrote %s", out)
     return 0
 
@@ -53,11 +54,19 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=_cmd_parity)
 
-    p = sub.add_parser("convert-vae", help="one-time conversion of a pickled CompVis VAE checkpoint to safetensors")
+    p = sub.add_parser("convert-vae", help="one-time conversion of a pickled CompVis VAE checkpoint to safetensors",
+                       description="Convert a pickled CompVis VAE checkpoint (the authors' kl-f16d16.ckpt) into an "
+                                   "ldm-layout .safetensors file, once. The pickle is read with "
+                                   "torch.load(weights_only=True) only: tensors and plain containers, never a full "
+                                   "unpickle; a file that needs more is refused (docs/weights.md).")
     p.add_argument("checkpoint", help="the .ckpt file (e.g. kl-f16d16.ckpt)")
-    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("output", help="the .safetensors file to write (atomically; an existing file survives a failure)")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="confirm that you trust this file: unpickling can run arbitrary code")
+                   help="required: confirm that the file comes from a source you trust. It is then read with "
+                        "torch.load(weights_only=True), which rebuilds only tensors and plain containers (dict, "
+                        "list, numbers, strings) and refuses any other object; nothing is ever fully unpickled")
+    p.add_argument("--allow-non-finite", action="store_true",
+                   help="convert even if a tensor holds NaN or infinity (refused by default, naming the tensor)")
     p.set_defaults(func=_cmd_convert_vae)
 
     p = sub.add_parser("config", help="print a preset configuration as YAML")

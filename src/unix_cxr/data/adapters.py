@@ -74,7 +74,18 @@ from typing import IO, Any
 
 from ..chexpert import CHEXPERT_LABELS
 from .cleaning import DROP_EMPTY, DROP_NO_SECTION, RULES, clean_report, extract_sections
-from .records import SPLITS, StudyRecord, normalize_split, read_jsonl, split_report, views_summary
+from .records import (
+    SPLITS,
+    StudyRecord,
+    json_error,
+    name_error,
+    normalize_split,
+    read_jsonl,
+    shown,
+    split_report,
+    unicode_error,
+    views_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,7 @@ DROP_NO_IMAGE = "no image"
 SKIP_NOT_FRONTAL = "not frontal"
 VIEW_UNKNOWN = "view unknown (kept by the frontal-only filter)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+MAX_XML_BYTES = 16 << 20  # one IU X-Ray report (OpenI XML) is a few KB; a larger file or archive member is refused
 
 
 @dataclass
@@ -96,7 +108,8 @@ class Issues:
     notes: Counter[str] = field(default_factory=Counter)
 
     def fail(self, where: str, error: str) -> None:
-        """Record one failed item (logged as an error line)."""
+        """Record one failed item (logged as an error line); a file name that is not UTF-8 is shown escaped."""
+        where, error = shown(where), shown(error)
         log.error("%s: %s", where, error)
         self.failures.append((where, error))
 
@@ -194,9 +207,21 @@ def _read_text(path: Path) -> str:
 
 
 def _open_csv(path: Path) -> IO[str]:
+    """Text of a CSV (or .csv.gz); bytes that are not UTF-8 are kept as lone surrogates for `_csv_rows` to find."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return path.open(encoding="utf-8-sig", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(values: Iterable[str | None]) -> str | None:
+    """``not valid UTF-8 (byte 0x..)`` for the first value holding a byte that was not UTF-8, else None."""
+    for value in values:
+        if value and (match := _ESCAPED_BYTE.search(value)):
+            return f"not valid UTF-8 (byte 0x{ord(match.group()) - 0xDC00:02x})"
+    return None
 
 
 def _allow_long_fields() -> None:
@@ -211,18 +236,46 @@ def _allow_long_fields() -> None:
 
 
 def _csv_rows(path: Path, issues: Issues) -> Iterator[tuple[str, dict[str, str]]]:
-    """(``FILE:LINE``, row) of a CSV with a header; a row with too many or too few fields is a failure."""
+    """(``FILE:LINE``, row) of a CSV with a header; a row with too many or too few fields, a byte that is not
+    UTF-8 or a row the csv module refuses is a failure. A header that is not UTF-8 is a ValueError (whole file)."""
     _allow_long_fields()
     with _open_csv(path) as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as err:
+            raise ValueError(f"{shown(path)}:1: malformed CSV header ({err})") from None
+        if fieldnames is None:
             return
-        for row in reader:
+        if (bad := _not_utf8(fieldnames)) is not None:
+            raise ValueError(f"{shown(path)}:1: CSV header {bad}")
+        while True:
+            line = reader.line_num
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:  # e.g. a field over the size limit; the reader goes on with the next line
+                issues.fail(f"{path}:{line + 1}", f"malformed CSV row ({err})")
+                continue
             where = f"{path}:{reader.line_num}"
             if None in row or any(value is None for value in row.values()):
-                issues.fail(where, f"malformed CSV row: expected {len(reader.fieldnames)} fields")
+                issues.fail(where, f"malformed CSV row: expected {len(fieldnames)} fields")
+                continue
+            if (bad := _not_utf8(row.values())) is not None:
+                issues.fail(where, bad)
                 continue
             yield where, row
+
+
+def _need_file(path: Path, what: str) -> None:
+    """FileNotFoundError unless `path` exists, ValueError unless it is a regular file (a FIFO or device would block
+    or never end)."""
+    if path.is_file():
+        return
+    if path.exists():
+        raise ValueError(f"{what} {path} is not a regular file")
+    raise FileNotFoundError(f"{what} {path} does not exist")
 
 
 def _find_file(root: Path, names: Sequence[str]) -> Path | None:
@@ -233,12 +286,18 @@ def _find_file(root: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
+def _short(value: Any) -> str:
+    """A value for an error message: its repr when short, else only its type and length (no report text)."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"a {type(value).__name__} of {len(str(value))} characters"
+
+
 def _label_value(value: Any) -> int | None:
     """A CheXpert label from JSON or CSV (1, 0, -1, "1.0", "", null, NaN) -> 1, 0, -1 or None; ValueError else."""
     if value is None or (isinstance(value, float) and value != value):
         return None
     if isinstance(value, bool):
-        raise ValueError(f"label value {value!r} is not 1, 0, -1 or empty")
+        raise ValueError(f"label value {_short(value)} is not 1, 0, -1 or empty")
     if isinstance(value, str):
         value = value.strip()
         if not value or value.lower() in ("nan", "null", "none"):
@@ -246,10 +305,10 @@ def _label_value(value: Any) -> int | None:
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(f"label value {value!r} is not 1, 0, -1 or empty") from None
+            raise ValueError(f"label value {_short(value)} is not 1, 0, -1 or empty") from None
     if isinstance(value, (int, float)) and value in (1, 0, -1):
         return int(value)
-    raise ValueError(f"label value {value!r} is not 1, 0, -1 or empty")
+    raise ValueError(f"label value {_short(value)} is not 1, 0, -1 or empty")
 
 
 def labels_from_mapping(row: Mapping[str, Any]) -> dict[str, int | None] | None:
@@ -418,10 +477,9 @@ _CHEXPERT_STUDY = re.compile(r"(?:^|/)(patient\d+)/(study\d+)/")
 
 
 def _chexpert_csv(root: Path) -> Path:
-    if root.is_file():
-        return root
     if not root.is_dir():
-        raise FileNotFoundError(f"CheXpert-Plus root {root} does not exist")
+        _need_file(root, "CheXpert-Plus root")
+        return root
     found = sorted(root.glob("df_chexpert_plus*.csv")) or sorted(root.glob("df_chexpert_plus*.csv.gz"))
     if not found:
         raise FileNotFoundError(f"no df_chexpert_plus*.csv in {root}")
@@ -529,14 +587,27 @@ def iu_image_key(name: str) -> str:
     return name[3:] if name.upper().startswith("CXR") else name
 
 
+def _too_large(size: int) -> str:
+    return (f"{size:,} bytes, more than the limit of {MAX_XML_BYTES:,} for one XML report (a decompression bomb "
+            "or not a report); refused")
+
+
+def _read_xml_file(path: Path) -> bytes:
+    if not path.is_file():
+        raise OSError(f"{shown(path)} is not a regular file")
+    if (size := path.stat().st_size) > MAX_XML_BYTES:
+        raise ValueError(_too_large(size))
+    return path.read_bytes()
+
+
 def _iu_xml_sources(source: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """(where, reader of the bytes) for each XML report in a folder or a tar file, sorted by name."""
+    """(where, reader of the bytes) for each XML report in a folder or a tar file, sorted by name. A file or archive
+    member larger than `MAX_XML_BYTES` is refused by its reader (ValueError) before it is read."""
     if source.is_dir():
         for path in sorted(source.rglob("*.xml"), key=lambda p: p.as_posix()):
-            yield str(path), path.read_bytes
+            yield shown(path), lambda path=path: _read_xml_file(path)
         return
-    if not source.is_file():
-        raise FileNotFoundError(f"IU X-Ray source {source} does not exist")
+    _need_file(source, "IU X-Ray source")
     if not tarfile.is_tarfile(source):
         raise ValueError(f"{source} is neither a folder of XML reports nor a tar archive")
     with tarfile.open(source) as archive:
@@ -544,19 +615,24 @@ def _iu_xml_sources(source: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
                          key=lambda m: m.name)
         for member in members:
             def read(member: tarfile.TarInfo = member) -> bytes:
+                if member.size > MAX_XML_BYTES:
+                    raise ValueError(f"archive member {_too_large(member.size)}")
                 handle = archive.extractfile(member)
                 if handle is None:
                     raise OSError("cannot extract")
-                return handle.read()
-            yield f"{source}:{member.name}", read
+                return handle.read(MAX_XML_BYTES + 1)
+            yield f"{shown(source)}:{shown(member.name)}", read
 
 
-def _iu_images(folder: Path | None) -> dict[str, Path]:
+def _iu_images(folder: Path | None, issues: Issues) -> dict[str, Path]:
     if folder is None or not folder.is_dir():
         return {}
     index: dict[str, Path] = {}
     for path in sorted(folder.rglob("*"), key=lambda p: p.as_posix()):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if (bad := name_error(path.relative_to(folder))) is not None:  # it could not be written as a path
+                issues.fail(str(path), bad)
+                continue
             index.setdefault(iu_image_key(path.name), path)
     return index
 
@@ -602,7 +678,7 @@ def read_iu_xray(root: str | Path, issues: Issues | None = None,
     """IU X-Ray reports from a folder of OpenI XML files or a ``.tgz`` of them, sorted by file name."""
     root, issues, opts = Path(root), issues if issues is not None else Issues(), opts or AdapterOptions()
     images_root = image_root("iu", root, opts)
-    index = _iu_images(images_root)
+    index = _iu_images(images_root, issues)
     if not index:
         log.warning("no IU images under %s: image paths are '<id>.png', unchecked",
                     images_root if images_root is not None else "the image root (give --images)")
@@ -610,8 +686,8 @@ def read_iu_xray(root: str | Path, issues: Issues | None = None,
     for where, read in _iu_xml_sources(root):
         try:
             report = parse_iu_xml(read())
-        except (ET.ParseError, OSError) as err:
-            issues.fail(where, f"cannot read XML report: {err}")
+        except (ET.ParseError, OSError, ValueError, RecursionError) as err:
+            issues.fail(where, f"cannot read XML report: {getattr(err, 'strerror', None) or err}")
             continue
         rid = report["id"] or f"CXR{PurePosixPath(where.rsplit(':', 1)[-1]).stem}"
         paths, kept_views, failed = [], [], False
@@ -665,8 +741,17 @@ def _json_items(path: Path, issues: Issues) -> Iterator[tuple[str, Any]]:
             items = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        except (ValueError, RecursionError) as err:  # nested too deeply, an integer too long, not UTF-8
+            message = str(err) if isinstance(err, ValueError) and "UTF-8" in str(err) else json_error(err)
+            raise ValueError(f"{path}: {message}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"{path}: expected a JSON list of items")
         for number, item in enumerate(items):
-            yield f"{path}[{number}]", item
+            where = f"{path}[{number}]"
+            if (bad := unicode_error(item)) is not None:
+                issues.fail(where, bad)
+                continue
+            yield where, item
         return
     yield from read_jsonl(path, issues.fail)
 
@@ -701,8 +786,7 @@ def read_chat(root: str | Path, issues: Issues | None = None,
               opts: AdapterOptions | None = None) -> Iterator[StudyRecord]:
     """Records from the authors' chat JSON (list or JSONL); see the module docstring."""
     root, issues, opts = Path(root), issues if issues is not None else Issues(), opts or AdapterOptions()
-    if not root.is_file():
-        raise FileNotFoundError(f"chat file {root} does not exist")
+    _need_file(root, "chat file")
     images_root = image_root("chat", root, opts)
     groups: dict[tuple[str, str, str, str, str | None], dict[str, Any]] = {}
     for where, item in _json_items(root, issues):
@@ -815,8 +899,7 @@ def read_jsonl_records(root: str | Path, issues: Issues | None = None,
                        opts: AdapterOptions | None = None) -> Iterator[StudyRecord]:
     """One record per JSONL line, keys named by ``opts.columns``."""
     root, issues, opts = Path(root), issues if issues is not None else Issues(), opts or AdapterOptions()
-    if not root.is_file():
-        raise FileNotFoundError(f"JSONL file {root} does not exist")
+    _need_file(root, "JSONL file")
     yield from _read_generic(read_jsonl(root, issues.fail), root, "jsonl", issues, opts)
 
 
@@ -824,8 +907,7 @@ def read_csv_records(root: str | Path, issues: Issues | None = None,
                      opts: AdapterOptions | None = None) -> Iterator[StudyRecord]:
     """One record per CSV row (header required), columns named by ``opts.columns``."""
     root, issues, opts = Path(root), issues if issues is not None else Issues(), opts or AdapterOptions()
-    if not root.is_file():
-        raise FileNotFoundError(f"CSV file {root} does not exist")
+    _need_file(root, "CSV file")
     yield from _read_generic(_csv_rows(root, issues), root, "csv", issues, opts)
 
 

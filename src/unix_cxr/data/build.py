@@ -18,7 +18,9 @@ every patient one split (the official split when the data set has one, else a ha
 Image paths in every file are relative to the image root (``--images``, default ROOT, or ROOT's folder when ROOT
 is a file), which ``summary.json`` records. A bad item (missing image or report, malformed row, XML or JSON line)
 is logged as one error line and left out; the others are written, the failures are listed at the end and the exit
-status is 1. A missing ROOT or a bad option is exit status 2.
+status is 1. So is a line that is nested too deeply, holds a 5,000-digit number or a lone surrogate, a CSV row
+with a byte that is not UTF-8, a file whose name is not UTF-8, or an IU report (file or archive member) larger than
+`adapters.MAX_XML_BYTES`, which is refused before it is read. A missing ROOT or a bad option is exit status 2.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .adapters import (
     section_coverage,
     split_fractions,
 )
-from .records import SPLITS, StudyRecord, write_json, write_records
+from .records import SPLITS, StudyRecord, shown, write_json, write_records
 from .writers import WriteStats, write_captions, write_eval_json, write_stage1
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,8 @@ def build(source: str, root: Path, out: Path, *, stage: int = 1, seed: int = 0, 
     root_of_images = image_root(source, root, opts)
     summary: dict[str, Any] = {
         "source": source,
-        "root": str(root),
-        "image_root": str(root_of_images.resolve()) if root_of_images is not None else None,
+        "root": shown(root),
+        "image_root": shown(root_of_images.resolve()) if root_of_images is not None else None,
         "stage": stage,
         "seed": seed,
         "fractions": fractions,

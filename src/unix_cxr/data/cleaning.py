@@ -21,6 +21,7 @@ comparisons with prior studies are removed but temporal adjectives are kept. See
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -710,28 +711,74 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)  # reasoning models' pream
 
 
 class LLMError(RuntimeError):
-    """The endpoint could not be reached or answered something unusable."""
+    """The endpoint answered something unusable for this report (a rewrite not in the FINDINGS/IMPRESSION form)."""
+
+
+class LLMUnavailable(OSError):
+    """The endpoint does not work: it cannot be reached, times out, answers an HTTP error or a redirect, or its
+    answer is not a chat-completions answer. Without ``fallback`` this stops a `data clean` run (exit status 2,
+    progress kept for a rerun); with it, the report gets the rule-based result (``llm_error``)."""
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib would send the Authorization header (the API key) on to the new location."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # urllib calls it so
+        return None  # urllib then raises HTTPError with the 3xx code
 
 
 class LLMRewriter:
     """Rewrites reports through an OpenAI-compatible `POST {base_url}/chat/completions` endpoint, then runs the
-    self-check pass; falls back to the rule-based result on rejection or error (recorded in `changes`)."""
+    self-check pass; falls back to the rule-based result on rejection or an unusable rewrite (recorded in
+    `changes`).
+
+    The endpoint must be https, or plain http to a loopback host (``localhost``, 127.0.0.0/8, ::1); plain http to
+    any other host (the reports and the API key would cross the network unencrypted) needs ``allow_http=True``.
+    Redirects are never followed (the API key would go along to the new location). When the endpoint itself
+    fails (`LLMUnavailable`), `clean` raises unless ``fallback=True``, which gives the rule-based result instead
+    and counts the report in `endpoint_failures`.
+    """
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 60.0, temperature: float = 0.0, max_tokens: int = 1024) -> None:
-        scheme = urllib.parse.urlsplit(base_url).scheme
-        if scheme not in ("http", "https"):
-            raise ValueError(f"--llm-endpoint must be an http(s) URL, got {base_url!r}")
+                 timeout: float = 60.0, temperature: float = 0.0, max_tokens: int = 1024, *,
+                 allow_http: bool = False, fallback: bool = False) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"--llm-endpoint must be an http(s) URL, got {parts.scheme or 'no'} scheme")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("--llm-endpoint must not hold a user name or password; put the API key in the "
+                             "environment variable named by --llm-api-key-env")
+        if not parts.hostname:
+            raise ValueError(f"--llm-endpoint {base_url} names no host")
+        if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+            raise ValueError(f"--llm-endpoint {base_url}: plain http to {parts.hostname}, which is not a loopback "
+                             "address, would send the reports and the API key unencrypted; use https, or pass "
+                             "--llm-allow-http")
         if not model:
             raise ValueError("an LLM model name is required (--llm-model)")
         base = base_url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
         self.model, self.timeout, self.temperature, self.max_tokens = model, timeout, temperature, max_tokens
+        self.fallback = fallback
+        self.endpoint_failures = 0  # reports that got the rule-based result because the endpoint failed
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
-        self._opener = urllib.request.build_opener()  # proxies from the environment as it is now
+        self._opener = urllib.request.build_opener(_RefuseRedirects)  # proxies from the environment as it is now
 
     def chat(self, system: str, user: str) -> str:
-        """One chat-completions call; returns the first choice's message content."""
+        """One chat-completions call; returns the first choice's message content. LLMUnavailable when the
+        endpoint fails."""
         body = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
                 "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -743,24 +790,29 @@ class LLMRewriter:
                 payload = json.loads(response.read().decode("utf-8"))
             content = payload["choices"][0]["message"]["content"]
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:
+                raise LLMUnavailable(f"{self.url} answered HTTP {err.code}, a redirect to "
+                                     f"{err.headers.get('Location', '(no location)')}: redirects are not followed "
+                                     "(the API key would go along); give the final URL as --llm-endpoint") from None
             try:
-                detail = err.read(200).decode("utf-8", "replace").strip()
+                detail = " ".join(err.read(200).decode("utf-8", "replace").split())
             except OSError:
                 detail = ""
-            raise LLMError(f"HTTP {err.code} from {self.url}: {detail}") from err
+            raise LLMUnavailable(f"HTTP {err.code} from {self.url}" + (f": {detail}" if detail else "")) from None
         except (urllib.error.URLError, TimeoutError, OSError) as err:
-            raise LLMError(f"cannot reach {self.url}: {getattr(err, 'reason', err)}") from err
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise LLMError(f"unexpected answer from {self.url}: {err!r}") from err
+            raise LLMUnavailable(f"cannot reach the LLM endpoint {self.url}: {getattr(err, 'reason', err)}") from None
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as err:
+            raise LLMUnavailable(f"{self.url} did not give a chat-completions answer ({type(err).__name__})") from None
         if not isinstance(content, str):
-            raise LLMError(f"unexpected answer from {self.url}: message content is {type(content).__name__}")
+            raise LLMUnavailable(f"{self.url} did not give a chat-completions answer (message content is "
+                                 f"{type(content).__name__})")
         return _THINK.sub("", content).strip()
 
     def rewrite(self, text: str) -> str:
         """The model's cleaned report, checked for the `FINDINGS: ... IMPRESSION: ...` form."""
         answer = " ".join(_FENCE.sub("", self.chat(CLEAN_PROMPT, text)).split())
         if not _CLEANED_FORM.fullmatch(answer):
-            raise LLMError(f"the rewrite is not in the FINDINGS/IMPRESSION form: {answer[:80]!r}")
+            raise LLMError(f"the rewrite ({len(answer)} characters) is not in the FINDINGS/IMPRESSION form")
         return answer
 
     def self_check(self, original: str, rewritten: str) -> tuple[bool, str]:
@@ -777,6 +829,12 @@ class LLMRewriter:
         try:
             rewritten = self.rewrite(text)
             accepted, answer = self.self_check(text, rewritten)
+        except LLMUnavailable as err:
+            if not self.fallback:
+                raise
+            self.endpoint_failures += 1
+            log.warning("LLM endpoint failed: %s; using the rule-based result (fallback)", err)
+            return CleanResult(base.report, {**base.changes, LLM_ERROR: 1}, None)
         except LLMError as err:
             log.warning("LLM backend: %s; using the rule-based result", err)
             return CleanResult(base.report, {**base.changes, LLM_ERROR: 1}, None)

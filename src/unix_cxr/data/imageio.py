@@ -61,6 +61,17 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL
 _PIP_NAMES = {"gdcm": "python-gdcm"}  # pydicom's dependency names that differ from the PyPI names
 
 
+def _looks_like(head: bytes) -> str:
+    """What an unrecognised file seems to be, without echoing its content (which may be a report) into logs."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # perhaps cut in a multi-byte character: judge the part before it
+        text = head[:-3].decode("utf-8", "ignore")
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "the content looks like text"
+    return "unrecognised content"
+
+
 def detect_format(path: str | Path) -> str:
     """'png', 'jpeg', 'dicom' (Part 10 file with preamble) or 'dicom-raw' (no preamble, by suffix only).
 
@@ -87,7 +98,7 @@ def detect_format(path: str | Path) -> str:
     elif path.suffix.lower() in _DICOM_SUFFIXES:
         fmt = "dicom-raw"
     else:
-        raise ValueError(f"{path}: not a PNG, JPEG or DICOM file (content starts with {head[:8]!r})")
+        raise ValueError(f"{path}: not a PNG, JPEG or DICOM file ({_looks_like(head)})")
     suffix = path.suffix.lower()
     expected = {"png": (".png",), "jpeg": (".jpg", ".jpeg", ".jpe", ".jfif")}.get(fmt, _DICOM_SUFFIXES)
     if suffix and suffix not in expected and fmt != "dicom-raw":
@@ -254,17 +265,24 @@ def _read_dicom(path: Path, max_pixels: int | None, *, force: bool) -> np.ndarra
     if arr.ndim != 2:
         raise ValueError(f"{path}: expected one 2-D greyscale image, got pixel array of shape {arr.shape}")
 
-    values = apply_modality_lut(arr, ds)
-    if values.dtype.kind == "f" and np.all(values == np.round(values)):
-        values = values.astype(np.int64)  # integral after rescale: keep apply_voi's integer LUT indexing
-    lo_hi = _voi_output_range(ds, apply_voi_lut)
-    if lo_hi is None:
-        values = values.astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
-        log.debug("%s: no VOI LUT or window; min-max scaling [%g, %g]", path, lo, hi)
-    else:
-        values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
-        lo, hi = lo_hi
+    try:  # pydicom refuses e.g. WindowWidth 0 (< 1 for LINEAR) with a ValueError that does not name the file
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = apply_modality_lut(arr, ds)
+            if values.dtype.kind == "f" and np.all(values == np.round(values)):
+                values = values.astype(np.int64)  # integral after rescale: keep apply_voi's integer LUT indexing
+            lo_hi = _voi_output_range(ds, apply_voi_lut)
+            if lo_hi is None:
+                values = values.astype(np.float64)
+                lo, hi = float(values.min()), float(values.max())
+                log.debug("%s: no VOI LUT or window; min-max scaling [%g, %g]", path, lo, hi)
+            else:
+                values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
+                lo, hi = lo_hi
+    except Exception as err:  # invalid window, broken LUT descriptor, ...
+        raise ValueError(f"{path}: cannot apply the DICOM rescale / window ({_voi_elements(ds)}): "
+                         f"{type(err).__name__}: {' '.join(str(err).split())}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(values).all()):
+        raise ValueError(f"{path}: the DICOM rescale / window gives non-finite pixel values ({_voi_elements(ds)})")
     if hi == lo:
         log.warning("%s: the image is constant after VOI; returning a flat image", path)
         out = np.zeros(values.shape, dtype=np.float64)
@@ -274,6 +292,15 @@ def _read_dicom(path: Path, max_pixels: int | None, *, force: bool) -> np.ndarra
     if photometric == "MONOCHROME1" or shape == "INVERSE":
         out = 1.0 - out
     return out.astype(np.float32)
+
+
+def _voi_elements(ds: object) -> str:
+    """`WindowCenter=.., WindowWidth=.., ...`: the elements of the rescale and VOI transforms present in `ds`."""
+    names = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "VOILUTFunction")
+    shown = [f"{n}={ds.get(n)}" for n in names if ds.get(n) is not None]  # type: ignore[attr-defined]
+    if ds.get("VOILUTSequence"):  # type: ignore[attr-defined]
+        shown.append("VOILUTSequence")
+    return ", ".join(shown) or "no rescale or window elements"
 
 
 def _voi_output_range(ds: object, apply_voi_lut: object) -> tuple[float, float] | None:

@@ -23,8 +23,9 @@ and whose file holds exactly the listed ids are skipped; any other shard (never 
 was lost) is encoded again. A restart with other settings, another VAE (weights fingerprint) or another input (hash
 of the ids and paths) is refused unless ``overwrite=True``.
 
-Per-image failures (missing or unreadable file, bad JSONL line, duplicate id) are recorded in the index with the
-reason and the run goes on; `unix-cxr data cache-latents` exits 1 at the end if any record failed.
+Per-image failures (missing or unreadable file, bad JSONL line, duplicate id, a latent with NaN or infinite values:
+never stored) are recorded in the index with the reason and the run goes on; `unix-cxr data cache-latents` exits 1
+at the end if any record failed.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from unix_cxr.checkpoint.safetensors_io import write_safetensors_atomic
+from unix_cxr.checkpoint.safetensors_io import unreadable_safetensors, write_safetensors_atomic
 from unix_cxr.config import UniXConfig
+from unix_cxr.data.records import name_error, shown
 from unix_cxr.data.sources import SampleRandom, default_record_id, read_caption_lines, stable_hash
 from unix_cxr.utils.atomic import write_atomic
 
@@ -75,10 +77,17 @@ class CacheItem:
 
 
 def items_from_folder(folder: str | Path) -> list[CacheItem]:
-    """Every image file under `folder` (recursively, sorted); id = relative path without the suffix."""
+    """Every image file under `folder` (recursively, sorted); id = relative path without the suffix. A file whose
+    name is not UTF-8 is a failed item (its id could not be stored), shown with its bytes escaped."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return _unique([CacheItem(default_record_id(p.relative_to(folder).as_posix()), str(p)) for p in files])
+    items = []
+    for p in files:
+        rel = p.relative_to(folder)
+        bad = name_error(rel)
+        rid = default_record_id(rel.as_posix())
+        items.append(CacheItem(rid, str(p)) if bad is None else CacheItem(shown(rid), shown(p), bad))
+    return _unique(items)
 
 
 def items_from_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[CacheItem]:
@@ -123,9 +132,12 @@ def read_items(input_path: str | Path, image_root: str | Path | None = None) -> 
         return items_from_folder(input_path)
     if not input_path.exists():
         raise FileNotFoundError(f"{input_path}: no such file or folder")
+    if not input_path.is_file():  # a FIFO would block, a device never end
+        raise ValueError(f"{input_path}: not a regular file or a folder")
     return items_from_jsonl(input_path, image_root)
 
 
+# ---- device ------------------------------------------------------------------------------------------------------
 # ---- writing -----------------------------------------------------------------------------------------------------
 @dataclass
 class CacheSummary:
@@ -265,12 +277,18 @@ def cache_latents(items: Sequence[CacheItem], vae: LatentVAE, out: str | Path, *
                         gen = SampleRandom(seed, stable_hash(item.id)).torch_generator("posterior")
                         eps = torch.randn(latents[i].shape, generator=gen).to(device)
                         std = torch.exp(0.5 * logvar[i].clamp(*LOGVAR_RANGE))
-                        tensors[item.id] = (latents[i] + vae.scale_factor * std * eps).to(storage)
+                        record = {item.id: (latents[i] + vae.scale_factor * std * eps).to(storage)}
                     else:
-                        tensors[item.id] = latents[i].to(storage)
+                        record = {item.id: latents[i].to(storage)}
                     if store == "moments":
-                        tensors[item.id + LOGVAR_SUFFIX] = logvar[i].to(storage)
-                summary.encoded += len(batch_items)
+                        record[item.id + LOGVAR_SUFFIX] = logvar[i].to(storage)
+                    problem = _non_finite(record)
+                    if problem:  # never store NaN / inf: training would read it as data
+                        log.error("%s (%s): %s", item.id, item.image, problem)
+                        failed.append({"id": item.id, "image": item.image, "error": problem})
+                        continue
+                    tensors.update(record)
+                    summary.encoded += 1
             ids = [it.id for it in chunk if it.id in tensors]
             write_safetensors_atomic(tensors, out / name, {"format": FORMAT, "shard": str(k), "store": store})
             order = {it.id: n for n, it in enumerate(chunk)}
@@ -285,6 +303,17 @@ def cache_latents(items: Sequence[CacheItem], vae: LatentVAE, out: str | Path, *
     summary.failed = index["failed"]
     summary.cached = len(index["ids"])
     return summary
+
+
+def _non_finite(record: dict[str, torch.Tensor]) -> str | None:
+    """Why a record's tensors must not be cached (NaN or infinity in them, as stored), or None."""
+    for key, tensor in record.items():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            what = "log-variance" if key.endswith(LOGVAR_SUFFIX) else "latent"
+            return (f"the VAE gave a {what} with {int((~finite).sum())} non-finite values (NaN or infinity) of "
+                    f"{tensor.numel()}; not cached (are the VAE weights finite?)")
+    return None
 
 
 def _open_index(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any]:
@@ -397,7 +426,10 @@ class LatentCache:
 
     def _handle(self, shard: str) -> Any:
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.root / shard), framework="pt")
+            try:
+                self._handles[shard] = safe_open(str(self.root / shard), framework="pt")
+            except SafetensorError as err:
+                raise unreadable_safetensors(self.root / shard, err) from None
         return self._handles[shard]
 
     def get(self, record_id: str) -> CachedLatent:
@@ -406,8 +438,11 @@ class LatentCache:
         if shard is None:
             raise ValueError(f"record {record_id!r} is not in the latent cache {self.root}")
         f = self._handle(shard)
-        mean = f.get_tensor(record_id).to(torch.float32)
-        logvar = f.get_tensor(record_id + LOGVAR_SUFFIX).to(torch.float32) if self.has_logvar else None
+        try:
+            mean = f.get_tensor(record_id).to(torch.float32)
+            logvar = f.get_tensor(record_id + LOGVAR_SUFFIX).to(torch.float32) if self.has_logvar else None
+        except SafetensorError as err:
+            raise unreadable_safetensors(self.root / shard, err) from None
         return CachedLatent(mean, logvar, self.scale_factor)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -505,8 +505,14 @@ def load_image(path: str | Path, size: tuple[int, int] | None = METRIC_IMAGE_SIZ
     """
     from PIL import Image
 
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # truncated, corrupt, huge
+        if isinstance(err, OSError) and err.errno is not None:  # e.g. missing file or permission denied: as is
+            raise
+        raise ValueError(f"{path}: cannot read the image, the file is truncated or corrupt "
+                         f"({type(err).__name__}: {' '.join(str(err).split())})") from None
     if size is not None:
         rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)

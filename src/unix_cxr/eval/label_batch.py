@@ -6,11 +6,17 @@ in input order, where ``labels`` has exactly the 14 CheXpert observation names a
 1 (positive), 0 (negative), -1 (uncertain) or null (not mentioned). OUTPUT is written atomically (a temporary file
 next to it, then os.replace): it appears complete or not at all.
 
-Bad lines (bytes that are not UTF-8, malformed JSON, not an object, missing ``id`` or ``report``, an ``id`` that is
-not a string or integer, a ``report`` that is not a string, a duplicate ``id``) are reported as one error line each
-on stderr and left out; the batch goes on and the exit status is 1 if any line failed, 0 otherwise. An empty or
-white-space-only report is not an error: its labels are all null (documented in docs/labeler.md). A missing INPUT
-is a FileNotFoundError (exit 2 in `unix_cxr.cli.main`). A progress bar goes to stderr.
+Bad lines (bytes that are not UTF-8, malformed JSON -- not JSON, nested too deeply, an integer too long, a lone
+surrogate --, not an object, missing ``id`` or ``report``, an ``id`` that is not a string or integer, a ``report``
+that is not a string, a duplicate ``id``) are reported as one error line each on stderr and left out; the batch
+goes on and the exit status is 1 if any line failed, 0 otherwise. When every line failed, OUTPUT is not written (an
+existing one is kept). An empty or white-space-only report is not an error: its labels are all null (documented in
+docs/labeler.md). A missing INPUT is a FileNotFoundError (exit 2 in `unix_cxr.cli.main`). A progress bar goes to
+stderr.
+
+Resumable: the outcome of each line goes to ``OUTPUT.partial`` as it is known (`unix_cxr.data.records.
+BatchProgress`); after an interruption the same command continues after the last line done, and the final OUTPUT
+is the same as that of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.records import iter_jsonl_lines
-from ..utils.atomic import atomic_open
+from ..data.records import BatchProgress, input_fingerprint, iter_jsonl_lines, shown
+from ..utils.atomic import atomic_open, check_output_path
 from .labeler import Labeler
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,8 @@ class LabelRun:
     done: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     dropped: int = 0
+    written: bool = True  # False when every line failed and OUTPUT was left as it was
+    resumed: int = 0  # lines whose outcome came from OUTPUT.partial
 
 
 def _valid_id(rid: object) -> bool:
@@ -77,27 +85,66 @@ def read_jsonl(path: Path) -> Iterator[Line]:
             yield Line(where, rid, report)
 
 
-def label_file(source: Path, output: Path, labeler: Labeler | None = None, progress: bool = True) -> LabelRun:
+class _KeepOutput(Exception):
+    """Every line failed: leave OUTPUT as it was."""
+
+
+def _outcome(line: Line, seen: dict[str | int, str], labeler: Labeler) -> dict:
+    """What one line gives: ``{"where", "row"}``, ``{"where", "dropped"}`` or ``{"where", "error"}``."""
+    if line.error is None and line.dropped is not None:
+        return {"where": line.where, "dropped": line.dropped}
+    error = line.error
+    if error is None and line.id in seen:
+        error = f"duplicate id {line.id!r} (first at {seen[line.id]})"
+    if error is not None:
+        return {"where": line.where, "error": error}
+    return {"where": line.where, "row": {"id": line.id, "labels": labeler.label(line.report)}}
+
+
+def label_file(source: Path, output: Path, labeler: Labeler | None = None, progress: bool = True,
+               resume: bool = True, restart: bool = False) -> LabelRun:
     """Label every good line of ``source`` into ``output`` (atomically). Lines that `data clean` dropped
-    (``"report": null`` with a ``"dropped"`` reason) are skipped and counted, so the two commands chain."""
+    (``"report": null`` with a ``"dropped"`` reason) are skipped and counted, so the two commands chain.
+
+    With `resume` the progress is recorded in ``OUTPUT.partial`` and a run of the same input that was interrupted
+    is continued (`restart`: start over instead)."""
     labeler = labeler or Labeler()
     run = LabelRun()
     seen: dict[str | int, str] = {}
-    with atomic_open(output) as out, logging_redirect_tqdm():
-        for line in tqdm(read_jsonl(source), desc="labelling reports", unit="report", file=sys.stderr,
-                         disable=not progress):
-            error = line.error
-            if error is None and line.dropped is not None:
-                run.dropped += 1
-                continue
-            if error is None and line.id in seen:
-                error = f"duplicate id {line.id!r} (first at {seen[line.id]})"
-            if error is not None:
-                log.error("%s: %s", line.where, error)
-                run.failures.append((line.where, error))
-                continue
-            seen[line.id] = line.where
-            labels = labeler.label(line.report)
-            out.write(json.dumps({"id": line.id, "labels": labels}, ensure_ascii=False) + "\n")
-            run.done += 1
+    check_output_path(output)  # before its progress file is looked for
+    header = {"job": "label", "input": input_fingerprint(source), "options": {"labeler": "rules"}}
+    tracker = BatchProgress(output, header, resume=not restart) if resume else None
+    try:
+        with atomic_open(output) as out, logging_redirect_tqdm():
+            for k, line in enumerate(tqdm(read_jsonl(source), desc="labelling reports", unit="report",
+                                          file=sys.stderr, disable=not progress)):
+                outcome = tracker.replay(k, line.where) if tracker else None
+                if outcome is not None:
+                    run.resumed += 1
+                else:
+                    outcome = _outcome(line, seen, labeler)
+                    if tracker:
+                        tracker.add(outcome)
+                if "dropped" in outcome:
+                    run.dropped += 1
+                elif "error" in outcome:
+                    log.error("%s: %s", outcome["where"], outcome["error"])
+                    run.failures.append((outcome["where"], outcome["error"]))
+                else:
+                    seen[outcome["row"]["id"]] = outcome["where"]
+                    out.write(json.dumps(outcome["row"], ensure_ascii=False) + "\n")
+                    run.done += 1
+            if not run.done and run.failures:
+                raise _KeepOutput
+    except _KeepOutput:
+        run.written = False
+    except BaseException:
+        if tracker:
+            tracker.close()
+            if tracker.path.exists():
+                log.warning("stopped: the lines done so far are kept in %s; run the same command again to resume",
+                            shown(tracker.path))
+        raise
+    if tracker:
+        tracker.finish()
     return run

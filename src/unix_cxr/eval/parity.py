@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.io import load_authors_weights
-from ..checkpoint.safetensors_io import read_safetensors
+from ..checkpoint.safetensors_io import open_safetensors
 from ..checkpoint.vae import load_vae
 from ..config import UniXConfig, load_config
 from ..data.packing import Latent, Text, VitImage, pack
@@ -70,8 +70,9 @@ class Comparison:
             return
         for who, tensor in (("golden", golden), ("ours", ours)):  # NaN exceeds no tolerance: refuse it by name
             if not bool(torch.isfinite(tensor).all()):
+                if self.score != float("inf"):  # name the first such tensor: where the non-finite values start
+                    self.worst = f"{label} ({who} has {int((~torch.isfinite(tensor)).sum())} non-finite values)"
                 self.passed, self.score = False, float("inf")
-                self.worst = f"{label} ({who} has {int((~torch.isfinite(tensor)).sum())} non-finite values)"
                 return
         diff = (ours - golden).abs()
         if not diff.numel():
@@ -88,6 +89,10 @@ class Comparison:
             self.score, self.worst = score, label
         if score > 1.0:
             self.passed = False
+
+    def fail(self, label: str, reason: str) -> None:
+        """Fail the case for a reason that is no tolerance comparison (e.g. a broken invariant)."""
+        self.passed, self.score, self.worst = False, float("inf"), f"{label} ({reason})"
 
     def result(self, note: str = "") -> CaseResult:
         return CaseResult(self.name, self.max_abs, self.max_rel, self.passed, self.worst, note)
@@ -106,7 +111,7 @@ class GoldenDir:
             raise ValueError(f"{root}: no such golden folder")
         if not (root / "config.json").is_file() or not (root / "harness.json").is_file():
             raise ValueError(f"{root}: not a golden directory (config.json and harness.json are required)")
-        harness = json.loads((root / "harness.json").read_text())
+        harness = _read_json(root / "harness.json")
         overrides = {**cls.token_overrides(harness), **cls.sampling_overrides(harness),
                      "decoding.double_bos": False}  # the goldens' stand-in tokenizer adds no BOS of its own
         return cls(root, load_config(root, overrides), harness)
@@ -143,9 +148,29 @@ class GoldenDir:
         return int(hw[0]), int(hw[1])
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from a golden folder; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_case(path: Path) -> dict[str, torch.Tensor]:
+    """A golden case's tensors, unchecked: a non-finite golden FAILs by name in `Comparison.check` (and the
+    additive attention masks of the training case hold -inf by design)."""
+    with open_safetensors(path) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+
+
 def build_model(golden: GoldenDir, dtype: torch.dtype = torch.float32) -> UniX:
+    """The model of a golden folder. Non-finite weights are loaded (with a warning naming the tensor) so that the
+    cases using them FAIL by name, as any non-finite output or golden does (`Comparison.check`)."""
     model = UniX(golden.cfg).eval()
-    load_authors_weights(model, golden.root / "model.safetensors")
+    load_authors_weights(model, golden.root / "model.safetensors", allow_non_finite=True)
     return model.to(dtype)
 
 
@@ -225,7 +250,9 @@ def case_sampling(g: GoldenDir, t: dict, meta: dict, model: UniX, vae: LatentVAE
     cmp.check("final_latent_nchw", latents, t["output/final_latent_nchw"])
     tokens = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     cmp.check("final_latent_tokens", tokens, t["output/final_latent_tokens"])
-    assert torch.equal(latents_to_nchw(tokens[None], latents.shape[2], latents.shape[3]), latents)
+    back = latents_to_nchw(tokens[None], latents.shape[2], latents.shape[3])
+    if back.shape != latents.shape or not bool(((back == latents) | (back.isnan() & latents.isnan())).all()):
+        cmp.fail("final_latent_tokens", "latents_to_nchw does not invert the token layout")
     with torch.no_grad():
         decoded = vae.decode(latents.to(vae.dtype))
     cmp.check("decoded", decoded, t["output/decoded"], "image")
@@ -296,26 +323,34 @@ CASES = {"vae": case_vae, "vit": case_vit, "understanding": case_understanding, 
 
 
 def run_parity(root: str | Path, dtype: torch.dtype = torch.float32) -> list[CaseResult]:
+    """Every case of a golden folder. A broken folder (no config, unreadable weights) is a ValueError naming the
+    file; a case that cannot be run (an unreadable or incomplete golden file, an error while computing it) is a
+    FAIL of that case with the reason, and the other cases still run."""
     golden = GoldenDir.open(root)
     model = build_model(golden, dtype)
     vae: LatentVAE | None = None
     results = []
     for path in golden.cases():
         kind = path.stem.split("_", 1)[1]
-        tensors = read_safetensors(path)
-        meta_path = path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        cmp = Comparison(path.stem, low_precision=dtype != torch.float32)
-        if kind in ("vae", "sampling") and vae is None:
-            vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype)
         if kind not in CASES:
             results.append(CaseResult(path.stem, 0.0, 0.0, False, "-", f"unknown case kind {kind!r}"))
             continue
+        if kind in ("vae", "sampling") and vae is None:
+            vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype, allow_non_finite=True)
+        cmp = Comparison(path.stem, low_precision=dtype != torch.float32)
         try:
+            tensors = _read_case(path)
+            meta_path = path.with_suffix(".json")
+            meta = _read_json(meta_path) if meta_path.is_file() else {}
             with torch.inference_mode():
                 note = CASES[kind](golden, tensors, meta, model, vae, cmp)
         except (KeyError, StopIteration) as err:  # a golden file without a tensor this case needs
             results.append(CaseResult(path.stem, 0.0, 0.0, False, "-", f"incomplete golden case: {err!r}"))
+            continue
+        except Exception as err:
+            log.debug("%s raised", path.stem, exc_info=True)
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            results.append(CaseResult(path.stem, 0.0, 0.0, False, "-", f"error: {type(err).__name__}: {reason}"))
             continue
         results.append(cmp.result(note or ""))
     if not results:

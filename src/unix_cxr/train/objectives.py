@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.packing import PackedBatch
-from ..flow import interpolate, velocity_target
+from ..flow import interpolate, sample_timesteps, velocity_target
 from ..model.unix import PackedInputs, UniX
 
 
@@ -56,3 +56,30 @@ def training_forward(model: UniX, batch: PackedBatch, noise: torch.Tensor | None
     target = velocity_target(x0, eps)[supervised].to(out.velocity.device)
     mse = (out.velocity.float() - target) ** 2
     return TrainingOutput(ce, mse, out.hidden_states)
+
+
+def draw_flow_inputs(batch: PackedBatch, keys: list, seed: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise (M, C), timesteps (num latent images,)) for a packed batch, drawn per sample from its key.
+
+    Each latent image gets its logit-normal timestep and its Gaussian noise from a generator seeded by
+    (seed, the sample's source, epoch, index, the image's place in the sample), so a sample gets the same draws
+    whichever rank, micro-batch or packing position it lands in: N accumulation steps on one rank and one step
+    on N ranks see identical noise, and a resumed run redraws exactly what the interrupted one drew.
+    """
+    from ..data.sources import SampleRandom, stable_hash
+
+    c = batch.latent_tokens.shape[1]
+    noise = torch.zeros(batch.latent_tokens.shape, dtype=torch.float32)
+    timesteps = torch.zeros(batch.num_latent_images)
+    sample_of_row = batch.layout.sample_id[batch.latent_indexes]
+    seen: dict[int, int] = {}
+    for image in range(batch.num_latent_images):
+        rows = (batch.latent_image_ids == image).nonzero().squeeze(1)
+        sample = int(sample_of_row[rows[0]])
+        place = seen.get(sample, 0)
+        seen[sample] = place + 1
+        key = keys[sample]
+        gen = SampleRandom(seed, stable_hash(key.source), key.epoch, key.index).torch_generator(f"flow{place}")
+        timesteps[image] = sample_timesteps(1, shift, gen)[0]
+        noise[rows] = torch.randn(rows.numel(), c, generator=gen)
+    return noise, timesteps

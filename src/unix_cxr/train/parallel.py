@@ -1,0 +1,88 @@
+"""Processes, devices and FSDP2, applied from outside the model.
+
+`Dist.from_env()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): one plain process without it,
+else a process group (nccl on CUDA, gloo on CPU). `shard` applies FSDP2 (`fully_shard` on every decoder layer,
+then on the root; `UniX.forward` runs every parameter inside the root's forward) with an optional bf16
+compute policy over fp32 master weights. Reductions of token counts go through `all_reduce_sum`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..utils.devices import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initialized: bool = False  # a process group is up (we started it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: str | None = None) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        dev = resolve_device(device)
+        if dev.type == "cuda":  # one GPU per process, by torchrun's local rank
+            torch.cuda.set_device(local)
+            dev = torch.device("cuda", local)
+        if world == 1:
+            return cls(0, 1, 0, dev, False)
+        if not dist.is_initialized():
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        return cls(rank, world, local, dev, True)
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (float64 on the CPU for gloo, the device for nccl)."""
+        if self.world_size == 1:
+            return list(values)
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is True on some rank."""
+        return bool(self.all_reduce_sum([float(flag)])[0]) if self.world_size > 1 else flag
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.initialized and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def shard(model: nn.Module, d: Dist, precision: str) -> nn.Module:
+    """FSDP2 over the ranks: each decoder layer, then the root. bf16-mixed: bf16 compute, fp32 masters and
+    fp32 gradient reduction."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(d.device.type, (d.world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if precision == "bf16-mixed" else MixedPrecisionPolicy()
+    for layer in model.decoder.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    log.info("FSDP2 over %d ranks (%s): %d decoder layers + root", d.world_size, d.device.type,
+             len(model.decoder.layers))
+    return model

@@ -1,0 +1,251 @@
+"""Training recipes: a typed, strict YAML format for one or more chained stages (spec 5.1-5.4).
+
+    model: tiny                      # a load_config source: preset, recipe file, authors' config.json, release folder
+    model_overrides: {}              # dotted overrides of the model config
+    init: null                       # weights to start from: a release folder (ours or the authors'); null = random
+    tokenizer: path/to/tokenizer     # a folder with tokenizer.json (transformers' AutoTokenizer, local files only)
+    vae: null                        # a VAE folder to copy into the exported release folders
+    precision: fp32                  # fp32 | bf16-mixed (fp32 masters, bf16 compute) | bf16 (authors': all bf16)
+    seed: 4396
+    stages:                          # run in this order; each starts from the previous stage's result
+      und_sft:
+        kind: und_sft                # und_sft (stage 1) | gen_pt (stage 2) | gen_ft (stage 3)
+        steps: 3840
+        global_batch_size: 256       # samples per optimizer step, over all ranks
+        optim: {lr: 1.0e-4, warmup_steps: 80}
+        data:
+          micro_batch_size: 32       # samples per packed micro-batch (per rank); accumulation follows
+          groups:
+            vlm_sft: {kind: chat, path: data/stage1_train.jsonl}
+
+Stages and data groups are mappings keyed by name, so every field has a dotted path. Overrides (`key=value`,
+values read as YAML) apply to the recipe (`precision=bf16-mixed`), to one stage (`stages.und_sft.steps=100`), or,
+when they start with a stage field, to every stage (`optim.lr=2e-4`, `data.micro_batch_size=8`). Unknown keys
+are an error naming them. Shipped recipes live in `unix_cxr/recipes/` with `kind: train` at the top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import apply_overrides, check_value, parse_overrides
+
+STAGE_KINDS = ("und_sft", "gen_pt", "gen_ft")
+EXPERTS = ("und", "gen", "both")
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+GROUP_KINDS = ("chat", "caption")
+# what each stage trains by default (spec 5.1 / 5.4): stage 1 the understanding side, stages 2-3 the generation side
+DEFAULT_EXPERTS = {"und_sft": "und", "gen_pt": "gen", "gen_ft": "gen"}
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a constant (or cosine) schedule after a linear warm-up; the released defaults (spec 5.4)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    min_lr: float = 1e-7  # cosine only
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+
+
+@dataclass
+class GroupConfig:
+    """One data group of the mixture: a chat JSONL (stage 1) or a caption JSONL with a latent cache (stages 2-3)."""
+
+    kind: str = "chat"
+    path: str | None = None
+    weight: float = 1.0
+    image_root: str | None = None  # relative image paths start here (default: the JSONL's folder)
+    latents: str | None = None  # caption groups: the latent cache folder (`unix-cxr data cache-latents`)
+    pad: str = "black"  # chat groups: SigLIP squaring; the released training pads black (their evaluation: white)
+    caption_dropout: float = 0.1  # caption groups: CFG text dropout (spec 3.4)
+    posterior: str = "sample"  # caption groups: sample the VAE posterior as the authors do, or "mean"
+
+
+@dataclass
+class DataConfig:
+    micro_batch_size: int = 32  # samples per packed micro-batch per rank
+    max_tokens: int | None = None  # also cap a micro-batch's tokens (None: by samples only)
+    max_tokens_per_sample: int = 10000  # the released max_seq_len; longer samples are skipped
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
+
+
+@dataclass
+class StageConfig:
+    kind: str = "und_sft"
+    steps: int = 100
+    global_batch_size: int = 256
+    experts: str | None = None  # und | gen | both (the paper's joint ablation); None: the stage's default
+    ce_weight: float = 1.0
+    mse_weight: float = 1.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2
+
+    @property
+    def trained_experts(self) -> str:
+        return self.experts or DEFAULT_EXPERTS[self.kind]
+
+
+@dataclass
+class TrainRecipe:
+    kind: str = "train"
+    model: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    tokenizer: str | None = None
+    vae: str | None = None  # a VAE folder copied into every exported release folder (so it can draw images)
+    precision: str = "fp32"
+    seed: int = 4396
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+
+    def validate(self) -> TrainRecipe:
+        if self.kind != "train":
+            raise ValueError(f"not a training recipe (kind {self.kind!r}, expected 'train')")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.stages:
+            raise ValueError("a training recipe needs at least one stage")
+        for name, st in self.stages.items():
+            where = f"stages.{name}"
+            if st.kind not in STAGE_KINDS:
+                raise ValueError(f"{where}.kind must be one of {STAGE_KINDS}, got {st.kind!r}")
+            if st.experts is not None and st.experts not in EXPERTS:
+                raise ValueError(f"{where}.experts must be one of {EXPERTS}, got {st.experts!r}")
+            if st.steps < 1 or st.global_batch_size < 1 or st.data.micro_batch_size < 1:
+                raise ValueError(f"{where}: steps, global_batch_size and data.micro_batch_size must be positive")
+            if st.checkpoint_every < 1 or st.keep_checkpoints < 1:
+                raise ValueError(f"{where}: checkpoint_every and keep_checkpoints must be positive")
+            if st.optim.schedule not in ("constant", "cosine"):
+                raise ValueError(f"{where}.optim.schedule must be 'constant' or 'cosine', got {st.optim.schedule!r}")
+            if not st.optim.lr > 0 or st.optim.warmup_steps < 0:
+                raise ValueError(f"{where}.optim: lr must be positive and warmup_steps non-negative")
+            if not st.data.groups:
+                raise ValueError(f"{where}.data.groups: no data groups")
+            for gname, g in st.data.groups.items():
+                gw = f"{where}.data.groups.{gname}"
+                if g.kind not in GROUP_KINDS:
+                    raise ValueError(f"{gw}.kind must be one of {GROUP_KINDS}, got {g.kind!r}")
+                if not g.path:
+                    raise ValueError(f"{gw}.path is not set (give it as {gw}.path=FILE)")
+                if g.kind == "caption" and not g.latents:
+                    raise ValueError(f"{gw}.latents is not set (a latent cache folder from data cache-latents)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- strict building ------------------------------------------------------------------------------------------
+_NESTED = {"stages": StageConfig, "groups": GroupConfig}  # mapping fields: name -> dataclass
+
+
+def _build(cls, data: Any, where: str):
+    """Like the model config's builder (unknown keys and wrong types name themselves), plus the name -> settings
+    mappings of stages and data groups."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown recipe keys {unknown} (known: {sorted(fields)})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = fields[name].default_factory() if fields[name].default is dataclasses.MISSING else \
+            fields[name].default
+        if name in _NESTED:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{where}.{name}: expected a mapping of name -> settings")
+            kwargs[name] = {str(k): _build(_NESTED[name], v or {}, f"{where}.{name}.{k}") for k, v in value.items()}
+        elif dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
+        elif isinstance(default, dict):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{where}.{name} must be a mapping, got {value!r}")
+            kwargs[name] = dict(value)
+        else:
+            kwargs[name] = check_value(value, default, fields[name].type, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def shipped_recipes() -> dict[str, str]:
+    """Name -> first comment line of every training recipe shipped in unix_cxr/recipes/."""
+    out = {}
+    for entry in sorted(files("unix_cxr").joinpath("recipes").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        text = entry.read_text()
+        if not any(line.strip() == "kind: train" for line in text.splitlines()):
+            continue
+        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+        out[entry.name[: -len(".yaml")]] = first
+    return out
+
+
+def _read(source: str | Path) -> dict[str, Any]:
+    text: str
+    if isinstance(source, str) and source in shipped_recipes():
+        text, where = files("unix_cxr").joinpath("recipes", f"{source}.yaml").read_text(), f"recipe {source}"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            known = ", ".join(shipped_recipes())
+            raise ValueError(f"recipe {source}: no such file or shipped recipe (shipped: {known})")
+        text, where = path.read_text(), str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a recipe must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _spread(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Stage-field overrides without a `stages.` prefix go to every stage."""
+    stage_fields = {f.name for f in dataclasses.fields(StageConfig)}
+    recipe_fields = {f.name for f in dataclasses.fields(TrainRecipe)}
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head = key.split(".", 1)[0]
+        if head not in recipe_fields and head in stage_fields:
+            for name in data.get("stages") or {}:
+                out[f"stages.{name}.{key}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _complete(data: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as a full nested dict (every default present), so that dotted overrides find their keys."""
+    return json.loads(json.dumps(_build(TrainRecipe, data, "recipe").to_dict()))
+
+
+def load_recipe(source: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainRecipe:
+    """A shipped recipe name or a YAML path, plus dotted overrides (see the module doc); validated."""
+    data = _complete(_read(source))
+    changes = _spread(data, parse_overrides(overrides))
+    for key in [k for k in changes if k.startswith("model_overrides.")]:  # model config keys stay dotted
+        data["model_overrides"][key[len("model_overrides."):]] = changes.pop(key)
+    if changes:
+        data = apply_overrides(data, changes, "recipe")
+    return _build(TrainRecipe, data, "recipe").validate()
+
+
+def save_recipe(recipe: TrainRecipe, path: Path) -> None:
+    from ..utils.atomic import write_atomic
+
+    write_atomic(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -1,0 +1,314 @@
+"""The training loop: chained stages, gradient accumulation, FSDP2 over torchrun, DCP checkpoints, exact resume.
+
+Per optimizer step, a stage reads `accumulation` packed micro-batches per rank (global batch = micro-batch x
+accumulation x world size, in samples). CE and MSE are summed per token and divided by the token counts of the
+whole accumulation window summed over ranks (spec 5.4, "the better rule"), so N accumulation steps on one rank
+give the same update as one step on N ranks. Noise and timesteps are drawn per sample from its loader key
+(`objectives.draw_flow_inputs`), and the loader resumes exactly, so a resumed run repeats the interrupted one.
+
+Each stage writes `OUTPUT/<stage>/`: `metrics.jsonl` (one line per optimizer step), `recipe.yaml` (the resolved
+recipe), `checkpoints/step-N/` (see `train.checkpoint`) and, when done, `final/`: a release folder (our config
+`unix-cxr.yaml`, the authors' `config.json`, `model.safetensors` in their key layout, the tokenizer and, when the
+recipe names one, the VAE) that the next stage starts from and that `load_release` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import OWN_CONFIG, UniXConfig, load_config
+from ..model.unix import UniX
+from ..utils.atomic import write_atomic
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import build_loader, load_tokenizer_folder
+from .freeze import apply_freeze
+from .objectives import draw_flow_inputs, training_forward
+from .parallel import Dist, shard
+from .recipe import StageConfig, TrainRecipe, save_recipe
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+
+
+class TrainingStopped(Exception):
+    """The run cannot go on (non-finite loss, out of memory); the last good checkpoint is kept."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    final: Path | None  # the exported release folder (None when interrupted)
+    interrupted: bool = False
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint after the current step and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("signal %d: finishing this step, saving a checkpoint, then stopping", signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def accumulation_steps(stage: StageConfig, world_size: int) -> int:
+    per_step = stage.data.micro_batch_size * world_size
+    if stage.global_batch_size % per_step:
+        raise ValueError(f"global_batch_size {stage.global_batch_size} is not a multiple of data.micro_batch_size "
+                         f"{stage.data.micro_batch_size} x {world_size} rank(s)")
+    return stage.global_batch_size // per_step
+
+
+def lr_lambda(stage: StageConfig):
+    o, total = stage.optim, stage.steps
+
+    def factor(step: int) -> float:
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "cosine":
+            progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+            floor = o.min_lr / o.lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def build_model(recipe: TrainRecipe, cfg: UniXConfig, init: Path | None, d: Dist) -> UniX:
+    from ..checkpoint.io import load_authors_weights
+
+    torch.manual_seed(recipe.seed)  # the same random start on every rank
+    model = UniX(cfg)
+    if init is not None:
+        weights = init / "model.safetensors"
+        if not weights.is_file():
+            raise ValueError(f"init {init}: no model.safetensors (a release folder or a stage's final/ folder)")
+        load_authors_weights(model, weights)
+        log.info("weights from %s", init)
+    else:
+        log.info("random initial weights (seed %d)", recipe.seed)
+    model = model.to(d.device)
+    if recipe.precision == "bf16":
+        model = model.to(torch.bfloat16)
+    return model.train()
+
+
+def _autocast(recipe: TrainRecipe, d: Dist):
+    if recipe.precision == "bf16-mixed" and d.world_size == 1:  # with FSDP2 its policy casts instead
+        return torch.autocast(d.device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _window_counts(window) -> tuple[int, int, int]:
+    ce = sum(int(b.batch.ce_indexes.numel()) for b in window)
+    mse = 0
+    for b in window:
+        noised = b.batch.latent_noised
+        mse += int(noised.sum())
+    tokens = sum(b.num_tokens for b in window)
+    return ce, mse, tokens
+
+
+def _metrics_upto(path: Path, step: int) -> None:
+    """Keep the metric lines of steps <= `step` (a resumed run rewrites what came after its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def export_release(model: torch.nn.Module, cfg: UniXConfig, folder: Path, tokenizer, vae: str | None,
+                   d: Dist) -> Path:
+    """Write a release folder of the (possibly sharded) model: rank 0 gathers the full state dict."""
+    import yaml
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ..checkpoint.keymap import to_authors
+    from ..checkpoint.safetensors_io import write_safetensors_atomic
+    from ..config import to_authors_config
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if d.is_main:
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_safetensors_atomic(to_authors({k: v.float() for k, v in state.items()}), tmp / "model.safetensors",
+                                 metadata={"format": "pt"})
+        write_atomic(tmp / "config.json", json.dumps(to_authors_config(cfg), indent=1))
+        write_atomic(tmp / OWN_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tokenizer.save_pretrained(tmp)
+        if vae:
+            shutil.copytree(vae, tmp / "vae")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    d.barrier()
+    return folder
+
+
+def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, init: Path | None, d: Dist,
+              resume: bool, max_steps: int | None, tokenizer, progress: bool = True) -> StageResult:
+    from tqdm import tqdm
+
+    target = min(stage.steps, max_steps) if max_steps else stage.steps
+    cfg = load_config(recipe.model, recipe.model_overrides)
+    accum = accumulation_steps(stage, d.world_size)
+    model = build_model(recipe, cfg, init, d)
+    apply_freeze(model, stage.trained_experts)
+    if d.world_size > 1:
+        model = shard(model, d, recipe.precision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = stage.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage))
+    loader = build_loader(stage, cfg, tokenizer, d, recipe.seed)
+
+    ckpt_dir, metrics = out / "checkpoints", out / "metrics.jsonl"
+    step = 0
+    last = latest_checkpoint(ckpt_dir) if resume else None
+    if last is not None:
+        trainer_state, rank_state = load_checkpoint(last, model, optimizer, d)
+        step = int(trainer_state["step"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        if rank_state is not None:
+            loader.load_state_dict(rank_state["loader"])
+        log.info("stage %s: resuming from %s (step %d)", name, last, step)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, out / "recipe.yaml")
+        _metrics_upto(metrics, step)
+    batches = iter(loader)
+    bar = tqdm(total=target, initial=step, desc=name, unit="step", disable=not (progress and d.is_main))
+    interrupted = False
+    with _StopFlag() as stop:
+        while step < target:
+            started = time.perf_counter()
+            window = [next(batches) for _ in range(accum)]
+            n_ce, n_mse, n_tok = d.all_reduce_sum(list(_window_counts(window)))
+            sums = [0.0, 0.0]  # CE and MSE summed over this rank's tokens (for the metrics)
+            for micro in window:
+                keys = [info.key for info in micro.samples]
+                noise, timesteps = draw_flow_inputs(micro.batch, keys, recipe.seed, cfg.train_timestep_shift)
+                with _autocast(recipe, d):
+                    outputs = training_forward(model, micro.batch, noise=noise, timesteps=timesteps)
+                ce_sum, mse_sum = outputs.ce.sum(), outputs.mse.mean(-1).sum()
+                loss = (stage.ce_weight * ce_sum / max(n_ce, 1) + stage.mse_weight * mse_sum / max(n_mse, 1))
+                (loss * d.world_size).backward()  # FSDP2 averages gradients over ranks
+                sums[0] += float(ce_sum.detach())
+                sums[1] += float(mse_sum.detach())
+            ce_total, mse_total = d.all_reduce_sum(sums)
+            ce, mse = ce_total / max(n_ce, 1), mse_total / max(n_mse, 1)
+            loss_value = stage.ce_weight * ce + stage.mse_weight * mse
+            if not math.isfinite(loss_value):
+                raise TrainingStopped(f"stage {name}: the loss is {loss_value} at step {step + 1} (ce {ce}, mse "
+                                      f"{mse}); stopped, the last good checkpoint is kept in {ckpt_dir}")
+            grad_norm = _clip(params, o.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - started
+            row = {"step": step, "loss": loss_value, "ce": ce, "mse": mse, "repa": 0.0,
+                   "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens_per_s": n_tok / seconds,
+                   "ce_tokens": int(n_ce), "mse_tokens": int(n_mse)}
+            if d.is_main:
+                with metrics.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{loss_value:.4f}", ce=f"{ce:.3f}", mse=f"{mse:.3f}",
+                                tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.update(1)
+            interrupted = d.any(stop.requested)
+            if step % stage.checkpoint_every == 0 or step == target or interrupted:
+                save_checkpoint(ckpt_dir, step, model, optimizer, {"scheduler": scheduler.state_dict()},
+                                {"loader": loader.state_dict()}, d, stage.keep_checkpoints)
+            if interrupted:
+                break
+    bar.close()
+    if interrupted:
+        return StageResult(name, step, None, interrupted=True)
+    final = export_release(model, cfg, out / "final", tokenizer, recipe.vae, d)
+    if d.is_main:
+        write_atomic(out / DONE, json.dumps({"steps": step, "target": stage.steps}))
+    return StageResult(name, step, final)
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _stage_done(out: Path, target: int) -> bool:
+    done = out / DONE
+    return done.is_file() and json.loads(done.read_text())["steps"] >= target and (out / "final").is_dir()
+
+
+def train(recipe: TrainRecipe, output: Path, *, resume: bool = False, max_steps: int | None = None,
+          device: str | None = None, progress: bool = True) -> list[StageResult]:
+    """Run every stage of `recipe` into `output` (see the module doc); returns what each stage did."""
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max-steps must be positive, got {max_steps}")
+    d = Dist.from_env(device)
+    try:
+        return _train(recipe, output, resume, max_steps, d, progress)
+    finally:
+        d.close()
+
+
+def _train(recipe: TrainRecipe, output: Path, resume: bool, max_steps: int | None, d: Dist,
+           progress: bool) -> list[StageResult]:
+    if not resume and output.exists() and any(output.iterdir()):
+        raise ValueError(f"--output {output} is not empty: give --resume to continue that run, or a new folder")
+    tokenizer = load_tokenizer_folder(recipe.tokenizer)
+    init = Path(recipe.init) if recipe.init else None
+    results: list[StageResult] = []
+    restarted = False
+    for name, stage in recipe.stages.items():
+        out = output / name
+        target = min(stage.steps, max_steps) if max_steps else stage.steps
+        if resume and not restarted and _stage_done(out, target):
+            log.info("stage %s: already done (%s), skipped", name, out / "final")
+            init = out / "final"
+            results.append(StageResult(name, target, init))
+            continue
+        if restarted and out.exists() and d.is_main:
+            log.warning("stage %s: its starting point changed, so it starts over (removing %s)", name, out)
+            shutil.rmtree(out)
+        d.barrier()
+        result = run_stage(recipe, name, stage, out, init, d, resume and not restarted, max_steps, tokenizer,
+                           progress)
+        results.append(result)
+        if result.interrupted:
+            log.warning("stopped in stage %s at step %d; continue with --resume", name, result.steps)
+            break
+        init, restarted = result.final, True
+    return results
