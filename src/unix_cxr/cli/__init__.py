@@ -20,8 +20,15 @@ log = logging.getLogger("unix_cxr")
 DATA_FAMILIES = (data_preview, data_clean, data_phantom, data_build, data_cache)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (and exit status 2) instead of the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unix-cxr", description="UniX: chest X-ray report and image generation.")
+    parser = Parser(prog="unix-cxr", description="UniX: chest X-ray report and image generation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     model.add_cli(sub)
