@@ -223,6 +223,31 @@ def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(reference, tmp_
     assert len(metrics(out / "und_sft" / "metrics.jsonl")) == 2 and not (out / "und_sft" / "final").exists()
 
 
+def test_ema_bounds_and_resume(reference, tmp_path):
+    recipe_path = reference / "recipe.yaml"
+    run = reference / "run"
+    none = tmp_path / "decay0"
+    train(load_recipe(recipe_path, ["ema_decay=0.0"]), none, progress=False)  # EMA = the last weights
+    for stage in ("und_sft", "gen_pt"):
+        assert_same_weights(none / stage / "final-ema", none / stage / "final")
+    frozen = tmp_path / "decay1"
+    train(load_recipe(recipe_path, ["ema_decay=1.0", "stages.und_sft.steps=1"]), frozen, progress=False)
+    assert_same_weights(frozen / "gen_pt" / "final-ema", frozen / "und_sft" / "final")  # EMA = the start
+    half = load_recipe(recipe_path, ["ema_decay=0.5"])
+    train(half, tmp_path / "a", progress=False)
+    train(half, tmp_path / "b", max_steps=3, progress=False)
+    train(half, tmp_path / "b", resume=True, progress=False)
+    for stage in ("und_sft", "gen_pt"):
+        assert_same_weights(tmp_path / "b" / stage / "final-ema", tmp_path / "a" / stage / "final-ema")
+        assert_same_weights(tmp_path / "a" / stage / "final", run / stage / "final")  # EMA does not touch training
+        assert not torch.equal(weights(tmp_path / "a" / stage / "final-ema")[_trained_key(stage)],
+                               weights(tmp_path / "a" / stage / "final")[_trained_key(stage)])
+
+
+def _trained_key(stage: str) -> str:
+    return "llm2vae.weight" if stage == "gen_pt" else "language_model.lm_head.weight"
+
+
 # ---- other processes ----------------------------------------------------------------------------------------
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "unix_cxr", "train", *args, "--no-progress"]

@@ -50,7 +50,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], rank_state: dict[str, Any], d: Dist, keep: int) -> Path:
+                    trainer_state: dict[str, Any], rank_state: dict[str, Any], d: Dist, keep: int,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoint `step` (see the module doc); `extra`: more tensor state dicts (e.g. the EMA weights)."""
     final = folder / checkpoint_name(step)
     tmp = folder / f".{final.name}.tmp"
     if d.is_main:
@@ -61,7 +63,7 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, optimizer: 
     d.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        dcp.save({"model": model_sd, "optim": optim_sd, **(extra or {})}, checkpoint_id=str(tmp))
     write_atomic(tmp / f"rank-{d.rank:05d}.json", json.dumps({**rank_state, "rng": _rng_state()}))
     d.barrier()
     if d.is_main:
@@ -76,13 +78,14 @@ def save_checkpoint(folder: Path, step: int, model: torch.nn.Module, optimizer: 
     return final
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    d: Dist) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Restore model and optimizer in place; return (trainer state, this rank's state or None when the
-    checkpoint was written by another world size)."""
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> tuple[dict[str, Any],
+                                                                                     dict[str, Any] | None]:
+    """Restore model, optimizer and the `extra` state dicts in place; return (trainer state, this rank's state
+    or None when the checkpoint was written by another world size)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_quiet():
-        dcp.load({"model": model_sd}, checkpoint_id=str(path))  # every weight must be there
+        dcp.load({"model": model_sd, **(extra or {})}, checkpoint_id=str(path))  # every weight must be there
         # a parameter that has had no gradient yet has no AdamW state in the file (AdamW skips it either way)
         dcp.load({"optim": optim_sd}, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)

@@ -18,6 +18,12 @@
           groups:
             vlm_sft: {kind: chat, path: data/stage1_train.jsonl}
 
+Two preparation kinds run before the model stages of the phantom recipe (`phantom-tiny`): `phantom_data` draws
+phantom radiographs and writes the stage files and a tokenizer (settings under `phantom:`,
+`unix_cxr.train.phantom_data`), `vae` trains a small KL-f16 VAE and caches latents with it (settings under `vae:`,
+`unix_cxr.train.vae_stage`). In any string of a recipe, `${output}` stands for the run's `--output` folder, so a
+recipe can name the files its own earlier stages write (`tokenizer: ${output}/data/tokenizer`).
+
 Stages and data groups are mappings keyed by name, so every field has a dotted path. Overrides (`key=value`,
 values read as YAML) apply to the recipe (`precision=bf16-mixed`), to one stage (`stages.und_sft.steps=100`), or,
 when they start with a stage field, to every stage (`optim.lr=2e-4`, `data.micro_batch_size=8`). Unknown keys
@@ -38,7 +44,10 @@ import yaml
 
 from ..config import apply_overrides, check_value, parse_overrides
 
-STAGE_KINDS = ("und_sft", "gen_pt", "gen_ft")
+MODEL_KINDS = ("und_sft", "gen_pt", "gen_ft")
+PREPARATION_KINDS = ("phantom_data", "vae")  # stages that make files for the model stages (no UniX weights)
+STAGE_KINDS = MODEL_KINDS + PREPARATION_KINDS
+OUTPUT = "${output}"  # in recipe strings: the run's --output folder
 EXPERTS = ("und", "gen", "both")
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 GROUP_KINDS = ("chat", "caption")
@@ -83,6 +92,41 @@ class DataConfig:
 
 
 @dataclass
+class PhantomDataConfig:
+    """A `phantom_data` stage: phantoms for training and validation (different seeds), stage files, tokenizer."""
+
+    train: int = 2000  # training phantoms
+    val: int = 200  # validation phantoms (never trained on)
+    train_seed: int = 0
+    val_seed: int = 1
+    size: int = 128  # side of the phantom PNGs (the transforms resize to the model's sizes)
+    vocab_size: int | None = None  # BPE vocabulary incl. the special tokens (None: the model's vocab_size)
+
+
+@dataclass
+class CacheConfig:
+    """One latent cache a `vae` stage writes with its VAE, to `OUTPUT/<stage>/latents/<name>/`."""
+
+    input: str | None = None  # a caption JSONL (or a folder of images)
+    image_root: str | None = None
+    store: str = "moments"  # moments | mean | sample (unix_cxr.data.latent_cache)
+
+
+@dataclass
+class VAEStageConfig:
+    """A `vae` stage: trains the model config's VAE (`vae:` of the model) on images, then caches latents."""
+
+    images: str | None = None  # a folder of images or a caption JSONL to train on
+    image_root: str | None = None
+    size: int = 64  # training and caching side (a multiple of 16)
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    kl_weight: float = 1.0e-6
+    normalize: bool = True  # fold the latents' mean and std into the VAE so the config's scale / shift whiten them
+    cache: dict[str, CacheConfig] = field(default_factory=dict)
+
+
+@dataclass
 class StageConfig:
     kind: str = "und_sft"
     steps: int = 100
@@ -92,8 +136,16 @@ class StageConfig:
     mse_weight: float = 1.0
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    ema_decay: float | None = None  # keep an EMA of the trained weights (the authors: 0.9999); exported as final-ema/
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
+    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)  # kind phantom_data only
+    vae: VAEStageConfig = field(default_factory=VAEStageConfig)  # kind vae only
+
+    @property
+    def prepares(self) -> bool:
+        """A preparation stage (phantom_data, vae) rather than a UniX training stage."""
+        return self.kind in PREPARATION_KINDS
 
     @property
     def trained_experts(self) -> str:
@@ -127,12 +179,20 @@ class TrainRecipe:
                 raise ValueError(f"{where}.experts must be one of {EXPERTS}, got {st.experts!r}")
             if st.steps < 1 or st.global_batch_size < 1 or st.data.micro_batch_size < 1:
                 raise ValueError(f"{where}: steps, global_batch_size and data.micro_batch_size must be positive")
+            if st.ema_decay is not None and not 0.0 <= st.ema_decay <= 1.0:
+                raise ValueError(f"{where}.ema_decay must lie in [0, 1], got {st.ema_decay}")
             if st.checkpoint_every < 1 or st.keep_checkpoints < 1:
                 raise ValueError(f"{where}: checkpoint_every and keep_checkpoints must be positive")
+            if st.kind == "phantom_data":
+                _check_phantom(st.phantom, f"{where}.phantom")
+                continue
             if st.optim.schedule not in ("constant", "cosine"):
                 raise ValueError(f"{where}.optim.schedule must be 'constant' or 'cosine', got {st.optim.schedule!r}")
             if not st.optim.lr > 0 or st.optim.warmup_steps < 0:
                 raise ValueError(f"{where}.optim: lr must be positive and warmup_steps non-negative")
+            if st.kind == "vae":
+                _check_vae(st.vae, f"{where}.vae")
+                continue
             if not st.data.groups:
                 raise ValueError(f"{where}.data.groups: no data groups")
             for gname, g in st.data.groups.items():
@@ -148,9 +208,47 @@ class TrainRecipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_output(self, output: str | Path) -> TrainRecipe:
+        """A copy with every `${output}` in its strings replaced by the run folder `output`."""
+        def resolve(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.replace(OUTPUT, str(output))
+            if isinstance(value, dict):
+                return {k: resolve(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [resolve(v) for v in value]
+            return value
+
+        return _build(TrainRecipe, resolve(self.to_dict()), "recipe").validate()
+
+
+def _check_phantom(p: PhantomDataConfig, where: str) -> None:
+    if p.train < 1 or p.val < 1:
+        raise ValueError(f"{where}: train and val must be positive (phantoms to draw)")
+    if p.train_seed == p.val_seed:
+        raise ValueError(f"{where}: train_seed and val_seed must differ (the validation phantoms are unseen)")
+    if p.size % 16 or not 64 <= p.size <= 512:
+        raise ValueError(f"{where}.size must be a multiple of 16 from 64 to 512, got {p.size}")
+    if p.vocab_size is not None and p.vocab_size < 8:
+        raise ValueError(f"{where}.vocab_size must be at least 8, got {p.vocab_size}")
+
+
+def _check_vae(v: VAEStageConfig, where: str) -> None:
+    if not v.images:
+        raise ValueError(f"{where}.images is not set (a folder of images or a caption JSONL to train on)")
+    if v.size % 16 or v.size < 16:
+        raise ValueError(f"{where}.size must be a positive multiple of 16, got {v.size}")
+    if min(v.l1_weight, v.l2_weight, v.kl_weight) < 0 or v.l1_weight + v.l2_weight <= 0:
+        raise ValueError(f"{where}: the loss weights must be non-negative, with l1_weight + l2_weight > 0")
+    for name, c in v.cache.items():
+        if not c.input:
+            raise ValueError(f"{where}.cache.{name}.input is not set (a caption JSONL or a folder of images)")
+        if c.store not in ("moments", "mean", "sample"):
+            raise ValueError(f"{where}.cache.{name}.store must be moments, mean or sample, got {c.store!r}")
+
 
 # ---- strict building ------------------------------------------------------------------------------------------
-_NESTED = {"stages": StageConfig, "groups": GroupConfig}  # mapping fields: name -> dataclass
+_NESTED = {"stages": StageConfig, "groups": GroupConfig, "cache": CacheConfig}  # mapping fields: name -> dataclass
 
 
 def _build(cls, data: Any, where: str):

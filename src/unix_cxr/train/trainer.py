@@ -32,6 +32,7 @@ from ..model.unix import UniX
 from ..utils.atomic import write_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import build_loader, load_tokenizer_folder
+from .ema import EMA
 from .freeze import apply_freeze
 from .objectives import draw_flow_inputs, training_forward
 from .parallel import Dist, shard
@@ -183,6 +184,8 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     if d.world_size > 1:
         model = shard(model, d, recipe.precision)
     params = [p for p in model.parameters() if p.requires_grad]
+    ema = EMA(model, stage.ema_decay) if stage.ema_decay is not None else None
+    extra = {"ema": ema.state_dict()} if ema is not None else None
     o = stage.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage))
@@ -192,7 +195,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     step = 0
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
-        trainer_state, rank_state = load_checkpoint(last, model, optimizer, d)
+        trainer_state, rank_state = load_checkpoint(last, model, optimizer, d, extra)
         step = int(trainer_state["step"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         if rank_state is not None:
@@ -231,6 +234,8 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
             step += 1
             seconds = time.perf_counter() - started
             row = {"step": step, "loss": loss_value, "ce": ce, "mse": mse, "repa": 0.0,
@@ -245,13 +250,16 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
             interrupted = d.any(stop.requested)
             if step % stage.checkpoint_every == 0 or step == target or interrupted:
                 save_checkpoint(ckpt_dir, step, model, optimizer, {"scheduler": scheduler.state_dict()},
-                                {"loader": loader.state_dict()}, d, stage.keep_checkpoints)
+                                {"loader": loader.state_dict()}, d, stage.keep_checkpoints, extra)
             if interrupted:
                 break
     bar.close()
     if interrupted:
         return StageResult(name, step, None, interrupted=True)
     final = export_release(model, cfg, out / "final", tokenizer, recipe.vae, d)
+    if ema is not None:
+        with ema.swapped_in(model):
+            export_release(model, cfg, out / "final-ema", tokenizer, recipe.vae, d)
     if d.is_main:
         write_atomic(out / DONE, json.dumps({"steps": step, "target": stage.steps}))
     return StageResult(name, step, final)
