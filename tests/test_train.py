@@ -248,6 +248,76 @@ def _trained_key(stage: str) -> str:
     return "llm2vae.weight" if stage == "gen_pt" else "language_model.lm_head.weight"
 
 
+REPA = ["stages.gen_pt.repa.weight=0.5", "stages.gen_pt.repa.encoder=patch", "stages.gen_pt.repa.image_size=32",
+        "stages.gen_pt.repa.layer=1", "stages.gen_pt.repa.projector_dim=16"]
+
+
+def test_repa_trains_its_projector_not_its_encoder(reference, files):
+    from unix_cxr.config import load_config
+    from unix_cxr.train.data import build_loader, load_tokenizer_folder
+    from unix_cxr.train.objectives import draw_flow_inputs, training_forward
+    from unix_cxr.train.parallel import Dist
+    from unix_cxr.train.repa import RepaTerm
+
+    recipe = load_recipe(reference / "recipe.yaml", REPA)
+    stage = recipe.stages["gen_pt"]
+    cfg = load_config("tiny")
+    model = trainer_module.build_model(recipe, cfg, reference / "run" / "und_sft" / "final", Dist())
+    repa = RepaTerm.build(stage.repa, cfg, Dist())
+    loader = build_loader(stage, cfg, load_tokenizer_folder(recipe.tokenizer), Dist(), recipe.seed)
+    micro = next(iter(loader))
+    noise, t = draw_flow_inputs(micro.batch, [i.key for i in micro.samples], 7, 1.0)
+    out = training_forward(model, micro.batch, noise=noise, timesteps=t, keep_hidden_states=True)
+    loss = repa.loss_sum(out.hidden_states, micro, loader)
+    n_images = RepaTerm.count([micro])
+    assert n_images > 0 and -n_images <= float(loss.detach()) <= n_images  # a sum of per-image mean -cosines
+    assert float(loss.detach()) != 0.0
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in repa.projector.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in repa.encoder.parameters())
+    assert model.decoder.layers[0].gen.q_proj.weight.grad.abs().sum() > 0  # through the aligned layer
+    with pytest.raises(ValueError, match=r"repa.layer 3 outside 1..2"):
+        RepaTerm(load_recipe(reference / "recipe.yaml", [*REPA, "stages.gen_pt.repa.layer=3"]).stages[
+            "gen_pt"].repa, cfg, repa.encoder, repa.projector)
+
+
+def test_repa_stage_logs_its_term_and_resumes_exactly(reference, tmp_path):
+    recipe = load_recipe(reference / "recipe.yaml", REPA)
+    train(recipe, tmp_path / "a", progress=False)
+    rows = metrics(tmp_path / "a" / "gen_pt" / "metrics.jsonl")
+    assert all(-1.0 <= r["repa"] <= 1.0 and r["repa"] != 0.0 for r in rows)
+    assert all(r["loss"] == pytest.approx(r["mse"] + 0.5 * r["repa"]) for r in rows)
+    train(recipe, tmp_path / "b", max_steps=3, progress=False)
+    train(recipe, tmp_path / "b", resume=True, progress=False)
+    assert_same_weights(tmp_path / "b" / "gen_pt" / "final", tmp_path / "a" / "gen_pt" / "final")
+    assert [r["repa"] for r in metrics(tmp_path / "b" / "gen_pt" / "metrics.jsonl")] == [r["repa"] for r in rows]
+
+
+def test_a_lora_stage_trains_adapters_and_exports_them_and_the_merged_model(reference, tmp_path):
+    # (a generation adapter on a model whose llm2vae is still zero would get no gradient: LoRA tunes trained models)
+    recipe = load_recipe(reference / "recipe.yaml", ["stages.und_sft.lora={experts: und, r: 4, alpha: 8}",
+                                                     "stages.gen_pt.steps=1"])
+    out = tmp_path / "run"
+    train(recipe, out, max_steps=2, progress=False)
+    train(recipe, out, resume=True, progress=False)  # resumes the adapters too
+    rows = metrics(out / "und_sft" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["grad_norm"] > 0 for r in rows)
+    adapter = out / "und_sft" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and (adapter / "adapter_model.safetensors").is_file()
+    torch.manual_seed(7)  # the recipe's seed: the random start of the und_sft stage
+    from unix_cxr.checkpoint.keymap import to_authors
+    from unix_cxr.config import load_config
+    from unix_cxr.model.unix import UniX
+
+    start = to_authors(UniX(load_config("tiny")).state_dict())
+    merged = weights(out / "und_sft" / "final")
+    changed = {k for k in merged if not torch.equal(start[k], merged[k])}
+    assert changed and all(".layers." in k and "moe_gen" not in k and k.endswith("proj.weight") for k in changed)
+    with pytest.raises(ValueError, match="lora and ema_decay together"):
+        load_recipe(reference / "recipe.yaml", ["stages.gen_pt.lora={r: 4}", "ema_decay=0.9"])
+
+
 # ---- other processes ----------------------------------------------------------------------------------------
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "unix_cxr", "train", *args, "--no-progress"]

@@ -306,7 +306,7 @@ def check_value(value: Any, default: Any, annotation: Any, where: str) -> Any:
 
 
 # ---- presets and the one loader ------------------------------------------------------------------------------
-PRESETS: tuple[str, ...] = ("tiny", "unix-full")  # recipes/<name>.yaml; tiny keeps every code path, GQA included
+PRESETS: tuple[str, ...] = ("tiny", "unix-full", "phantom")  # recipes/<name>.yaml; tiny: every code path, GQA too
 
 
 def _read_mapping(path: Path, text: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import data_build, data_cache, data_clean, data_phantom, data_preview, label, model, train
+from . import data_build, data_cache, data_clean, data_phantom, data_preview, label, lora, model, train
 from . import eval as eval_commands
 from .errors import run
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_cli(sub)
     eval_commands.add_cli(sub)
     train.add_cli(sub)
+    lora.add_cli(sub)
     return parser
 
 

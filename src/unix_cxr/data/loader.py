@@ -292,6 +292,10 @@ class PackedLoader(IterableDataset):
         while (batch := self.next_batch()) is not None:
             yield batch
 
+    def source(self, name: str) -> SampleSource:
+        """The source of group `name` (e.g. to find the record behind a sample key)."""
+        return self.groups[self._by_name[name]].source
+
     @property
     def stats(self) -> dict[str, Any]:
         """Counters since the start of the run (restored with the state): batches, samples, skips, failures."""

@@ -127,6 +127,20 @@ class VAEStageConfig:
 
 
 @dataclass
+class RepaConfig:
+    """REPA (stage 2; `train.repa`): off while weight is 0. The paper: RadDINO, weight 0.5, the eighth layer."""
+
+    weight: float = 0.0
+    encoder: str = "raddino"  # raddino (a local Hugging Face folder in `path`) | patch (a fixed offline stand-in)
+    path: str | None = None
+    layer: int = 8  # 1-based LLM layer whose output is aligned (the released code's index 8 is layer: 9)
+    projector_dim: int = 2048
+    image_size: int = 224  # encoder input side: RadDINO at 224 px gives 16 x 16 patches = the 256 px latent grid
+    inputs: str = "unit"  # unit: images in [0, 1]; released-wrap: the released uint8 wrap of [-1, 1] (ablation)
+    pad: str = "white"  # how images are squared for the encoder (as the latent cache squares them)
+
+
+@dataclass
 class StageConfig:
     kind: str = "und_sft"
     steps: int = 100
@@ -136,6 +150,8 @@ class StageConfig:
     mse_weight: float = 1.0
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    repa: RepaConfig = field(default_factory=RepaConfig)
+    lora: dict[str, Any] = field(default_factory=dict)  # peft LoRA instead of full training ({}: off; train.lora)
     ema_decay: float | None = None  # keep an EMA of the trained weights (the authors: 0.9999); exported as final-ema/
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
@@ -181,6 +197,12 @@ class TrainRecipe:
                 raise ValueError(f"{where}: steps, global_batch_size and data.micro_batch_size must be positive")
             if st.ema_decay is not None and not 0.0 <= st.ema_decay <= 1.0:
                 raise ValueError(f"{where}.ema_decay must lie in [0, 1], got {st.ema_decay}")
+            if st.repa.weight < 0 or st.repa.inputs not in ("unit", "released-wrap") or st.repa.layer < 1:
+                raise ValueError(f"{where}.repa: weight must be >= 0, inputs 'unit' or 'released-wrap', layer >= 1")
+            if st.repa.weight > 0 and st.repa.encoder == "raddino" and not st.repa.path:
+                raise ValueError(f"{where}.repa.path is not set (a local RadDINO folder; or repa.weight=0)")
+            if st.lora and st.ema_decay is not None:
+                raise ValueError(f"{where}: lora and ema_decay together are not supported (average the merged run)")
             if st.checkpoint_every < 1 or st.keep_checkpoints < 1:
                 raise ValueError(f"{where}: checkpoint_every and keep_checkpoints must be positive")
             if st.kind == "phantom_data":

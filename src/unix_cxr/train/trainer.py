@@ -10,6 +10,10 @@ Each stage writes `OUTPUT/<stage>/`: `metrics.jsonl` (one line per optimizer ste
 recipe), `checkpoints/step-N/` (see `train.checkpoint`) and, when done, `final/`: a release folder (our config
 `unix-cxr.yaml`, the authors' `config.json`, `model.safetensors` in their key layout, the tokenizer and, when the
 recipe names one, the VAE) that the next stage starts from and that `load_release` reads.
+
+Preparation stages (`phantom_data`, `vae`; the phantom recipe) make files for the model stages instead:
+`train.phantom_data` and `train.vae_stage`. They leave the starting weights of the next model stage alone, and the
+recipe names what they write through `${output}` (`TrainRecipe.with_output`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..config import OWN_CONFIG, UniXConfig, load_config
 from ..model.unix import UniX
@@ -34,9 +39,13 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import build_loader, load_tokenizer_folder
 from .ema import EMA
 from .freeze import apply_freeze
+from .lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from .objectives import draw_flow_inputs, training_forward
 from .parallel import Dist, shard
+from .phantom_data import prepare_phantom_data
 from .recipe import StageConfig, TrainRecipe, save_recipe
+from .repa import RepaTerm
+from .vae_stage import train_vae
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +190,18 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     accum = accumulation_steps(stage, d.world_size)
     model = build_model(recipe, cfg, init, d)
     apply_freeze(model, stage.trained_experts)
+    lora = LoraSettings.from_mapping(stage.lora, f"stages.{name}.lora") if stage.lora else None
+    if lora is not None:
+        if d.world_size > 1:
+            raise ValueError(f"stages.{name}.lora: LoRA under FSDP2 (several processes) is not supported yet")
+        apply_lora(model, lora)  # only the adapters train
     if d.world_size > 1:
         model = shard(model, d, recipe.precision)
-    params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(recipe.seed)  # the REPA projector's start, the same on every rank
+    repa = RepaTerm.build(stage.repa, cfg, d) if stage.repa.weight > 0 else None
+    # what the optimizer trains and the checkpoints hold: the model and, with REPA, its projector
+    trained = nn.ModuleDict({"model": model, **({"repa_projector": repa.projector} if repa else {})})
+    params = [p for p in trained.parameters() if p.requires_grad]
     ema = EMA(model, stage.ema_decay) if stage.ema_decay is not None else None
     extra = {"ema": ema.state_dict()} if ema is not None else None
     o = stage.optim
@@ -195,7 +213,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     step = 0
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
-        trainer_state, rank_state = load_checkpoint(last, model, optimizer, d, extra)
+        trainer_state, rank_state = load_checkpoint(last, trained, optimizer, d, extra)
         step = int(trainer_state["step"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         if rank_state is not None:
@@ -212,21 +230,26 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
         while step < target:
             started = time.perf_counter()
             window = [next(batches) for _ in range(accum)]
-            n_ce, n_mse, n_tok = d.all_reduce_sum(list(_window_counts(window)))
-            sums = [0.0, 0.0]  # CE and MSE summed over this rank's tokens (for the metrics)
+            counts = [*_window_counts(window), RepaTerm.count(window) if repa else 0]
+            n_ce, n_mse, n_tok, n_repa = d.all_reduce_sum(counts)
+            sums = [0.0, 0.0, 0.0]  # CE, MSE and REPA summed over this rank's tokens / images (for the metrics)
             for micro in window:
                 keys = [info.key for info in micro.samples]
                 noise, timesteps = draw_flow_inputs(micro.batch, keys, recipe.seed, cfg.train_timestep_shift)
                 with _autocast(recipe, d):
-                    outputs = training_forward(model, micro.batch, noise=noise, timesteps=timesteps)
+                    outputs = training_forward(model, micro.batch, noise=noise, timesteps=timesteps,
+                                               keep_hidden_states=repa is not None)
+                    repa_sum = repa.loss_sum(outputs.hidden_states, micro, loader) if repa else torch.zeros(())
                 ce_sum, mse_sum = outputs.ce.sum(), outputs.mse.mean(-1).sum()
-                loss = (stage.ce_weight * ce_sum / max(n_ce, 1) + stage.mse_weight * mse_sum / max(n_mse, 1))
+                loss = (stage.ce_weight * ce_sum / max(n_ce, 1) + stage.mse_weight * mse_sum / max(n_mse, 1)
+                        + stage.repa.weight * repa_sum / max(n_repa, 1))
                 (loss * d.world_size).backward()  # FSDP2 averages gradients over ranks
                 sums[0] += float(ce_sum.detach())
                 sums[1] += float(mse_sum.detach())
-            ce_total, mse_total = d.all_reduce_sum(sums)
-            ce, mse = ce_total / max(n_ce, 1), mse_total / max(n_mse, 1)
-            loss_value = stage.ce_weight * ce + stage.mse_weight * mse
+                sums[2] += float(repa_sum.detach())
+            ce_total, mse_total, repa_total = d.all_reduce_sum(sums)
+            ce, mse, repa_value = ce_total / max(n_ce, 1), mse_total / max(n_mse, 1), repa_total / max(n_repa, 1)
+            loss_value = stage.ce_weight * ce + stage.mse_weight * mse + stage.repa.weight * repa_value
             if not math.isfinite(loss_value):
                 raise TrainingStopped(f"stage {name}: the loss is {loss_value} at step {step + 1} (ce {ce}, mse "
                                       f"{mse}); stopped, the last good checkpoint is kept in {ckpt_dir}")
@@ -238,7 +261,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
                 ema.update(model)
             step += 1
             seconds = time.perf_counter() - started
-            row = {"step": step, "loss": loss_value, "ce": ce, "mse": mse, "repa": 0.0,
+            row = {"step": step, "loss": loss_value, "ce": ce, "mse": mse, "repa": repa_value,
                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens_per_s": n_tok / seconds,
                    "ce_tokens": int(n_ce), "mse_tokens": int(n_mse)}
             if d.is_main:
@@ -249,13 +272,16 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
                 bar.update(1)
             interrupted = d.any(stop.requested)
             if step % stage.checkpoint_every == 0 or step == target or interrupted:
-                save_checkpoint(ckpt_dir, step, model, optimizer, {"scheduler": scheduler.state_dict()},
+                save_checkpoint(ckpt_dir, step, trained, optimizer, {"scheduler": scheduler.state_dict()},
                                 {"loader": loader.state_dict()}, d, stage.keep_checkpoints, extra)
             if interrupted:
                 break
     bar.close()
     if interrupted:
         return StageResult(name, step, None, interrupted=True)
+    if lora is not None:  # the adapter as peft files, then the merged weights as the stage's result
+        save_adapter(model, out / "adapter", base=init)
+        merge_lora(model)
     final = export_release(model, cfg, out / "final", tokenizer, recipe.vae, d)
     if ema is not None:
         with ema.swapped_in(model):
@@ -275,9 +301,27 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
     return float(norm)
 
 
-def _stage_done(out: Path, target: int) -> bool:
+def _stage_done(out: Path, target: int, stage: StageConfig) -> bool:
     done = out / DONE
+    if stage.kind == "phantom_data":  # no steps: its files are written whole, then DONE
+        return done.is_file()
     return done.is_file() and json.loads(done.read_text())["steps"] >= target and (out / "final").is_dir()
+
+
+def run_preparation(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: Dist, resume: bool,
+                    max_steps: int | None, progress: bool = True) -> StageResult:
+    """A `phantom_data` (no steps; its files in `out`) or `vae` stage (see the module doc); writes `DONE`."""
+    if stage.kind == "phantom_data":
+        prepare_phantom_data(recipe, stage, out, d, progress)
+        result = StageResult(name, 0, out)
+    else:
+        with _StopFlag() as stop:
+            vae = train_vae(recipe, name, stage, out, d, resume=resume, max_steps=max_steps,
+                            lr_schedule=lr_lambda(stage), should_stop=lambda: stop.requested, progress=progress)
+        result = StageResult(name, vae.steps, vae.final, vae.interrupted)
+    if d.is_main and not result.interrupted:
+        write_atomic(out / DONE, json.dumps({"steps": result.steps, "target": stage.steps}))
+    return result
 
 
 def train(recipe: TrainRecipe, output: Path, *, resume: bool = False, max_steps: int | None = None,
@@ -296,27 +340,39 @@ def _train(recipe: TrainRecipe, output: Path, resume: bool, max_steps: int | Non
            progress: bool) -> list[StageResult]:
     if not resume and output.exists() and any(output.iterdir()):
         raise ValueError(f"--output {output} is not empty: give --resume to continue that run, or a new folder")
-    tokenizer = load_tokenizer_folder(recipe.tokenizer)
+    recipe = recipe.with_output(output)
+    tokenizer = None  # loaded for the first model stage (a preparation stage may write it)
     init = Path(recipe.init) if recipe.init else None
     results: list[StageResult] = []
     restarted = False
     for name, stage in recipe.stages.items():
         out = output / name
         target = min(stage.steps, max_steps) if max_steps else stage.steps
-        if resume and not restarted and _stage_done(out, target):
-            log.info("stage %s: already done (%s), skipped", name, out / "final")
-            init = out / "final"
-            results.append(StageResult(name, target, init))
+        if resume and not restarted and _stage_done(out, target, stage):
+            log.info("stage %s: already done (%s), skipped", name, out)
+            if stage.kind == "phantom_data":
+                results.append(StageResult(name, 0, out))
+                continue
+            results.append(StageResult(name, target, out / "final"))
+            if not stage.prepares:
+                init = out / "final"
             continue
         if restarted and out.exists() and d.is_main:
             log.warning("stage %s: its starting point changed, so it starts over (removing %s)", name, out)
             shutil.rmtree(out)
         d.barrier()
-        result = run_stage(recipe, name, stage, out, init, d, resume and not restarted, max_steps, tokenizer,
-                           progress)
+        if stage.prepares:
+            result = run_preparation(recipe, name, stage, out, d, resume and not restarted, max_steps, progress)
+        else:
+            if tokenizer is None:
+                tokenizer = load_tokenizer_folder(recipe.tokenizer)
+            result = run_stage(recipe, name, stage, out, init, d, resume and not restarted, max_steps, tokenizer,
+                               progress)
         results.append(result)
         if result.interrupted:
             log.warning("stopped in stage %s at step %d; continue with --resume", name, result.steps)
             break
-        init, restarted = result.final, True
+        restarted = True
+        if not stage.prepares:
+            init = result.final
     return results

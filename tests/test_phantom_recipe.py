@@ -1,0 +1,194 @@
+"""The phantom recipe (`phantom-tiny`): its own data, a VAE stage, a BPE tokenizer and stages 1-3, run here with
+tiny overrides; the release folder it exports is loaded by UniXPipeline, reports and draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from unix_cxr.train.recipe import load_recipe, shipped_recipes
+from unix_cxr.train.trainer import train
+
+STAGES = ["data", "vae", "und_sft", "gen_pt", "gen_ft"]
+TINY = ["phantom.train=12", "phantom.val=4", "steps=2", "global_batch_size=4", "checkpoint_every=1"]
+
+
+def tiny_recipe():
+    return load_recipe("phantom-tiny", [*TINY, "data.micro_batch_size=4", "model_overrides.decoding.max_new_tokens=8"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom") / "run"
+    results = train(tiny_recipe(), out, progress=False)
+    assert [r.name for r in results] == STAGES and not any(r.interrupted for r in results)
+    return out
+
+
+def test_the_recipe_is_shipped_and_lists_its_stages_in_order():
+    assert shipped_recipes()["phantom-tiny"].startswith("Phantom demo model from nothing")
+    recipe = load_recipe("phantom-tiny")
+    assert list(recipe.stages) == STAGES
+    assert [s.kind for s in recipe.stages.values()] == ["phantom_data", "vae", "und_sft", "gen_pt", "gen_ft"]
+    assert recipe.model == "phantom" and recipe.tokenizer == "${output}/data/tokenizer"
+    resolved = recipe.with_output("/runs/a")
+    assert resolved.tokenizer == "/runs/a/data/tokenizer" and resolved.vae == "/runs/a/vae/final"
+    assert resolved.stages["gen_pt"].data.groups["t2i"].latents == "/runs/a/vae/latents/t2i"
+    assert resolved.stages["vae"].vae.cache["t2i"].input == "/runs/a/data/stage2/captions_train.jsonl"
+    assert recipe.stages["data"].phantom.train_seed != recipe.stages["data"].phantom.val_seed
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("stages.data.phantom.val_seed=0", r"train_seed and val_seed must differ"),
+    ("stages.vae.vae.images=null", r"stages.vae.vae.images is not set"),
+    ("stages.vae.vae.size=40", r"stages.vae.vae.size must be a positive multiple of 16"),
+    ("stages.vae.vae.klw=1", r"unknown recipe key 'stages.vae.vae.klw'"),
+])
+def test_bad_preparation_settings_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_recipe("phantom-tiny", [override])
+
+
+def test_every_stage_writes_its_folder(run):
+    data = run / "data"
+    for split, n in (("train", 12), ("val", 4)):
+        assert len(list((data / "phantoms" / split / "images").glob("*.png"))) == n
+    train_reports = (data / "phantoms" / "train" / "reports.jsonl").read_text()
+    assert train_reports != (data / "phantoms" / "val" / "reports.jsonl").read_text()  # other seeds, other cases
+    assert len((data / "stage1" / "stage1_train.jsonl").read_text().splitlines()) == 12
+    assert len((data / "stage2" / "captions_train.jsonl").read_text().splitlines()) == 12
+    assert (data / "tokenizer" / "tokenizer.json").is_file()
+    assert (run / "vae" / "final" / "vae.safetensors").is_file() and (run / "vae" / "final" / "config.yaml").is_file()
+    assert json.loads((run / "vae" / "latents" / "t2i" / "index.json").read_text())["complete"]
+    for stage in STAGES[1:]:
+        rows = [json.loads(line) for line in (run / stage / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2]
+        assert (run / stage / "done.json").is_file() and (run / stage / "checkpoints" / "step-00000002").is_dir()
+    for stage in STAGES[2:]:
+        assert {"model.safetensors", "config.json", "unix-cxr.yaml", "tokenizer.json", "vae"} <= {
+            p.name for p in (run / stage / "final").iterdir()}
+    summary = json.loads((run / "vae" / "summary.json").read_text())
+    assert abs(summary["normalised_latent_mean"]) < 1e-3 and abs(summary["normalised_latent_std"] - 1) < 1e-2
+
+
+def test_the_release_folder_reports_and_draws(run):
+    from unix_cxr.infer.pipeline import UniXPipeline
+
+    folder = run / "gen_ft" / "final"
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20
+    pipe = UniXPipeline.from_pretrained(folder)
+    image = next((run / "data" / "phantoms" / "val" / "images").glob("*.png"))
+    [rep] = pipe.report([str(image)])
+    assert isinstance(rep.text, str) and 0 < len(rep.token_ids) <= 8
+    [img] = pipe.generate(["FINDINGS: Large right pleural effusion. IMPRESSION: Large right pleural effusion."],
+                          seed=0, steps=3)
+    assert img.pixels.shape == (64, 64, 3) and img.pixels.dtype == np.uint8
+
+
+def test_the_exported_vae_round_trips_through_load_vae(run, tmp_path):
+    from unix_cxr.checkpoint.vae import load_vae, save_vae
+    from unix_cxr.config import load_config, vae_config_from_ldm_yaml
+    from unix_cxr.data.transforms import vae_transform
+
+    folder = run / "vae" / "final"
+    cfg = load_config("phantom").vae
+    assert vae_config_from_ldm_yaml(folder / "config.yaml") == dataclass_without_norm(cfg)
+    vae = load_vae(folder, cfg)
+    save_vae(vae, tmp_path / "again.safetensors")
+    a, b = load_file(str(folder / "vae.safetensors")), load_file(str(tmp_path / "again.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    released = load_file(str(run / "gen_ft" / "final" / "vae" / "vae.safetensors"))
+    assert all(torch.equal(a[k], released[k]) for k in a)  # the release carries this VAE
+    x = vae_transform(next((run / "data" / "phantoms" / "train" / "images").glob("*.png")), 64)[None]
+    with torch.no_grad():
+        assert vae.encode(x).shape == (1, 16, 4, 4) and vae.decode(vae.encode(x)).shape == (1, 3, 64, 64)
+
+
+def dataclass_without_norm(cfg):
+    """The VAE config as config.yaml holds it (the latent normalisation lives in the model config)."""
+    import dataclasses
+
+    from unix_cxr.config import VAEConfig
+
+    return dataclasses.replace(cfg, scale_factor=VAEConfig().scale_factor, shift_factor=VAEConfig().shift_factor)
+
+
+def test_folding_the_latent_statistics_keeps_the_reconstruction():
+    from unix_cxr.config import load_config
+    from unix_cxr.model.vae import LatentVAE
+    from unix_cxr.train.vae_stage import fold_normalization, latent_statistics
+
+    torch.manual_seed(0)
+    vae = LatentVAE(load_config("phantom").vae).eval()
+    pixels = torch.randint(0, 256, (6, 64, 64), dtype=torch.uint8)
+    x = (pixels.float() / 127.5 - 1)[:, None].repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        before = vae(x)
+        mean, std = latent_statistics(vae, pixels)
+        fold_normalization(vae, mean, std)
+        z = vae.encode(x)
+        after = vae(x)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    per_channel = z.transpose(0, 1).flatten(1)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(per_channel.std(1), torch.ones(16), atol=1e-4, rtol=0)
+
+
+def test_the_tokenizer_is_lossless_and_keeps_the_special_ids(run):
+    from unix_cxr.checkpoint.release import load_tokenizer
+    from unix_cxr.config import load_config
+
+    tok = load_tokenizer(run / "data" / "tokenizer")
+    cfg = load_config("phantom")
+    assert len(tok) <= cfg.decoder.vocab_size
+    assert (tok.bos_token_id, tok.eos_token_id) == (cfg.tokens.bos, cfg.tokens.eos)
+    assert tok.convert_tokens_to_ids(["<begin_of_image>", "<end_of_image>"]) == [cfg.tokens.start_of_image,
+                                                                                 cfg.tokens.end_of_image]
+    unseen = [json.loads(line)["report"] for line in
+              (run / "data" / "phantoms" / "val" / "reports.jsonl").read_text().splitlines()]
+    for text in [*unseen, "Odd text:  two  spaces, über 3.5 cm\tand a tab."]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == text
+        assert min(ids) >= 4  # no text maps to a structural token
+        assert tok.decode([cfg.tokens.bos, *ids, cfg.tokens.eos], skip_special_tokens=True) == text
+
+
+def test_special_tokens_must_come_first():
+    from unix_cxr.config import SpecialTokens
+    from unix_cxr.data.tokenizer import train_bpe_tokenizer
+
+    with pytest.raises(ValueError, match=r"their ids must be 0 \.\. 3"):
+        train_bpe_tokenizer(["a b"], 512, SpecialTokens(300, 301, 302, 303))
+
+
+def test_the_vae_stage_resumes_exactly(run, tmp_path):
+    """data + vae only: 1 step, then --resume to 2, equals the uninterrupted run's VAE."""
+    recipe = yaml.safe_load(Path(shipped_path()).read_text())
+    recipe["stages"] = {k: recipe["stages"][k] for k in ("data", "vae")}
+    path = tmp_path / "prep.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = load_recipe(path, TINY)
+    out = tmp_path / "run"
+    first = train(r, out, max_steps=1, progress=False)
+    assert [x.steps for x in first] == [0, 1]
+    again = train(r, out, resume=True, progress=False)
+    assert [x.steps for x in again] == [0, 2]
+    ours = load_file(str(out / "vae" / "final" / "vae.safetensors"))
+    ref = load_file(str(run / "vae" / "final" / "vae.safetensors"))
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    rows = [json.loads(line) for line in (out / "vae" / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (run / "vae" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["loss"]) for x in rows] == [(x["step"], x["loss"]) for x in ref_rows]
+
+
+def shipped_path() -> str:
+    from importlib.resources import files
+
+    return str(files("unix_cxr").joinpath("recipes", "phantom-tiny.yaml"))
