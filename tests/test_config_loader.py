@@ -18,7 +18,7 @@ from unix_cxr.config import (
 
 
 def test_presets_are_the_shipped_recipes():
-    assert set(PRESETS) == {"tiny", "unix-full"}
+    assert set(PRESETS) == {"tiny", "unix-full", "phantom"}
     full = load_config("unix-full")
     assert full == UniXConfig()  # the released UniX is every default (spec section 1)
     assert load_config() == full
@@ -77,7 +77,7 @@ def test_recipe_file_yaml_and_json(tmp_path):
 
 
 def test_missing_source_names_it():
-    with pytest.raises(ValueError, match=r"unix-fll: no such preset, file or folder \(presets: tiny, unix-full\)"):
+    with pytest.raises(ValueError, match=r"unix-fll: no such preset, file or folder \(presets: tiny, unix-full, phantom\)"):
         load_config("unix-fll")
 
 
