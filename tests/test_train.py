@@ -103,7 +103,7 @@ def test_unknown_key_in_the_file_and_cli_exit_status(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown recipe keys ['sead']" in err and "Traceback" not in err
     assert main(["train", "--config", "no-such-recipe", "--output", str(tmp_path / "run")]) == 2
-    assert "shipped: stage1-und-sft" in capsys.readouterr().err
+    assert "no such file or shipped recipe (shipped: " in capsys.readouterr().err
 
 
 def test_global_batch_must_split_over_ranks(files, tmp_path):
