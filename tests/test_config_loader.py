@@ -77,7 +77,8 @@ def test_recipe_file_yaml_and_json(tmp_path):
 
 
 def test_missing_source_names_it():
-    with pytest.raises(ValueError, match=r"unix-fll: no such preset, file or folder \(presets: tiny, unix-full, phantom\)"):
+    presets = r"\(presets: tiny, unix-full, phantom\)"
+    with pytest.raises(ValueError, match=r"unix-fll: no such preset, file or folder " + presets):
         load_config("unix-fll")
 
 
