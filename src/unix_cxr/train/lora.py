@@ -25,16 +25,12 @@ the target and renamed, so a failed or killed write leaves no partial adapter or
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import logging
-import os
-import re
-import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +42,7 @@ from ..checkpoint.io import save_authors_weights
 from ..checkpoint.release import Release, load_release
 from ..checkpoint.safetensors_io import open_safetensors, read_safetensors, state_dict_mismatch
 from ..model.unix import UniX
-from ..utils.atomic import TEMP_SUFFIX
+from ..utils.atomic import atomic_folder
 from .freeze import is_generation_parameter
 
 log = logging.getLogger(__name__)
@@ -236,73 +232,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-# ---- folders, written whole or not at all ------------------------------------------------------------------------
-def _fsync_tree(folder: Path) -> None:
-    """fsync every file and folder under `folder` (deepest first) and `folder` itself."""
-    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_folder(target: str | Path, what: str, keep_if: str) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `target`; on success it replaces `target` (an existing folder is
-    replaced only when it holds the file `keep_if`, i.e. is an earlier output of the same kind), on error it is
-    removed and `target` is left as it was. Temporary folders of killed writes are removed by the next one.
-
-    An existing `target` is first renamed aside (`.NAME.<random>.old.unix-cxr-tmp`), then the new folder takes its
-    name: a kill between those two renames leaves no `target` but the old folder aside, which the next write keeps
-    (and names in a warning) instead of removing it."""
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{what} {target} is a file; give a folder to write")
-    if target.is_dir() and any(target.iterdir()) and not (target / keep_if).is_file():
-        raise ValueError(f"{what} {target} exists and holds no {keep_if}: refusing to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ours = re.compile(rf"\.{re.escape(target.name)}\.[0-9a-f]{{8}}(\.old)?{re.escape(TEMP_SUFFIX)}")
-    for stale in (p for p in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}") if ours.fullmatch(p.name)):
-        if stale.name.endswith(f".old{TEMP_SUFFIX}") and not target.exists():
-            log.warning("%s is missing and %s holds its previous version (a write was killed): kept", target, stale)
-        elif stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    tmp.mkdir()
-    old = None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        yield tmp
-        _fsync_tree(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.{secrets.token_hex(4)}.old{TEMP_SUFFIX}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):  # the renames survive a crash
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_adapter(model: UniX, folder: str | Path, base: str | Path | None = None) -> Path:
     """Write the model's adapter as peft does: `adapter_config.json` + `adapter_model.safetensors`, atomically.
 
@@ -470,6 +399,6 @@ def merge_release(base: str | Path, adapter: str | Path, out: str | Path, **load
 
 
 __all__ = ["EXPERTS", "TARGETS", "LoraSettings", "adapter_config", "adapter_state_dict", "apply_lora",
-           "atomic_folder", "has_lora", "load_adapter", "load_release_with_adapter", "lora_module_names",
+           "has_lora", "load_adapter", "load_release_with_adapter", "lora_module_names",
            "lora_parameters", "merge_lora", "merge_release", "read_adapter", "remove_lora", "save_adapter",
            "weights_dtype"]

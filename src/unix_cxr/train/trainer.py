@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import OWN_CONFIG, UniXConfig, load_config
 from ..model.unix import UniX
-from ..utils.atomic import write_atomic
+from ..utils.atomic import atomic_folder, write_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import build_loader, load_tokenizer_folder
 from .ema import EMA
@@ -155,30 +155,32 @@ def _metrics_upto(path: Path, step: int) -> None:
 
 def export_release(model: torch.nn.Module, cfg: UniXConfig, folder: Path, tokenizer, vae: str | None,
                    d: Dist) -> Path:
-    """Write a release folder of the (possibly sharded) model: rank 0 gathers the full state dict."""
-    import yaml
+    """Write a release folder of the (possibly sharded) model, whole or not at all: rank 0 gathers the full state
+    dict and writes it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if d.is_main:
+        with atomic_folder(folder, "stage result", "model.safetensors") as tmp:
+            _write_release(tmp, state, cfg, tokenizer, vae)
+    d.barrier()
+    return folder
+
+
+def _write_release(tmp: Path, state: dict, cfg: UniXConfig, tokenizer, vae: str | None) -> None:
+    import yaml
 
     from ..checkpoint.keymap import to_authors
     from ..checkpoint.safetensors_io import write_safetensors_atomic
     from ..config import to_authors_config
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if d.is_main:
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_safetensors_atomic(to_authors({k: v.float() for k, v in state.items()}), tmp / "model.safetensors",
-                                 metadata={"format": "pt"})
-        write_atomic(tmp / "config.json", json.dumps(to_authors_config(cfg), indent=1))
-        write_atomic(tmp / OWN_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        tokenizer.save_pretrained(tmp)
-        if vae:
-            shutil.copytree(vae, tmp / "vae")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    d.barrier()
-    return folder
+    write_safetensors_atomic(to_authors({k: v.float() for k, v in state.items()}), tmp / "model.safetensors",
+                             metadata={"format": "pt"})
+    write_atomic(tmp / "config.json", json.dumps(to_authors_config(cfg), indent=1))
+    write_atomic(tmp / OWN_CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tokenizer.save_pretrained(tmp)
+    if vae:
+        shutil.copytree(vae, tmp / "vae")
 
 
 def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, init: Path | None, d: Dist,

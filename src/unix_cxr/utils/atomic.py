@@ -3,18 +3,25 @@
 A write goes to a temporary file in the target's own folder (same file system), is flushed and fsynced, gets the
 permissions of a normally created file (0666 less the umask, not mkstemp's 0600) and is renamed over the target;
 the folder is fsynced so that the rename survives a crash. On any error (disk full, interrupt) the temporary file
-is removed and the target is untouched. Temporary files are named `.NAME.<random>.unix-cxr-tmp`; those left by a
+is removed and the target is untouched. `atomic_folder` does the same for a whole folder (release folders,
+adapters). Temporary files are named `.NAME.<random>.unix-cxr-tmp`; those left by a
 killed process (SIGKILL runs no cleanup) are removed by the next write of the same target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".unix-cxr-tmp"
 
@@ -46,7 +53,8 @@ def remove_stale_temps(path: Path) -> None:
 
 
 def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a folder be opened / fsynced
+    """fsync a file or folder by path (not every file system lets a folder be opened / fsynced)."""
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -95,3 +103,54 @@ def write_atomic(path: str | Path, data: bytes | str, what: str = "output") -> P
     with atomic_open(path, "wb", what=what) as f:
         f.write(payload)
     return Path(path)
+
+
+# ---- folders, written whole or not at all ------------------------------------------------------------------
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (deepest first) and `folder` itself."""
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
+        _fsync_folder(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path, what: str, keep_if: str) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` (an existing folder is
+    replaced only when it holds the file `keep_if`, i.e. is an earlier output of the same kind), on error it is
+    removed and `target` is left as it was. Temporary folders of killed writes are removed by the next one.
+
+    An existing `target` is first renamed aside (`.NAME.<random>.old.unix-cxr-tmp`), then the new folder takes its
+    name: a kill between those two renames leaves no `target` but the old folder aside, which the next write keeps
+    (and names in a warning) instead of removing it."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{what} {target} is a file; give a folder to write")
+    if target.is_dir() and any(target.iterdir()) and not (target / keep_if).is_file():
+        raise ValueError(f"{what} {target} exists and holds no {keep_if}: refusing to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ours = re.compile(rf"\.{re.escape(target.name)}\.[0-9a-f]{{8}}(\.old)?{re.escape(TEMP_SUFFIX)}")
+    for stale in (p for p in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}") if ours.fullmatch(p.name)):
+        if stale.name.endswith(f".old{TEMP_SUFFIX}") and not target.exists():
+            log.warning("%s is missing and %s holds its previous version (a write was killed): kept", target, stale)
+        elif stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    tmp.mkdir()
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        _fsync_tree(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.{secrets.token_hex(4)}.old{TEMP_SUFFIX}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_folder(target.parent)  # the renames survive a crash
