@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from unix_cxr.train.recipe import load_recipe, shipped_recipes
 from unix_cxr.train.trainer import train
 
-STAGES = ["data", "vae", "und_sft", "gen_pt", "gen_ft"]
+STAGES = ["data", "vae", "vision", "und_sft", "gen_pt", "gen_ft"]
 TINY = ["phantom.train=12", "phantom.val=4", "steps=2", "global_batch_size=4", "checkpoint_every=1"]
 
 
@@ -35,7 +35,7 @@ def test_the_recipe_is_shipped_and_lists_its_stages_in_order():
     assert shipped_recipes()["phantom-tiny"].startswith("Phantom demo model from nothing")
     recipe = load_recipe("phantom-tiny")
     assert list(recipe.stages) == STAGES
-    assert [s.kind for s in recipe.stages.values()] == ["phantom_data", "vae", "und_sft", "gen_pt", "gen_ft"]
+    assert [s.kind for s in recipe.stages.values()] == ["phantom_data", "vae", "vision", "und_sft", "gen_pt", "gen_ft"]
     assert recipe.model == "phantom" and recipe.tokenizer == "${output}/data/tokenizer"
     resolved = recipe.with_output("/runs/a")
     assert resolved.tokenizer == "/runs/a/data/tokenizer" and resolved.vae == "/runs/a/vae/final"
@@ -70,7 +70,8 @@ def test_every_stage_writes_its_folder(run):
         rows = [json.loads(line) for line in (run / stage / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
         assert (run / stage / "done.json").is_file() and (run / stage / "checkpoints" / "step-00000002").is_dir()
-    for stage in STAGES[2:]:
+    assert (run / "vision" / "final" / "model.safetensors").is_file()
+    for stage in STAGES[3:]:
         assert {"model.safetensors", "config.json", "unix-cxr.yaml", "tokenizer.json", "vae"} <= {
             p.name for p in (run / stage / "final").iterdir()}
     summary = json.loads((run / "vae" / "summary.json").read_text())
@@ -192,3 +193,31 @@ def shipped_path() -> str:
     from importlib.resources import files
 
     return str(files("unix_cxr").joinpath("recipes", "phantom-tiny.yaml"))
+
+
+def test_stage_1_starts_from_the_vision_stage(run):
+    """vision/final = the trainer's random start with a trained SigLIP tower; und_sft starts from it."""
+    from unix_cxr.checkpoint.keymap import to_authors
+    from unix_cxr.config import load_config
+    from unix_cxr.model.unix import UniX
+
+    torch.manual_seed(tiny_recipe().seed)
+    fresh = to_authors(UniX(load_config("phantom")).state_dict())
+    vision = load_file(str(run / "vision" / "final" / "model.safetensors"))
+    und = load_file(str(run / "und_sft" / "final" / "model.safetensors"))
+    changed = {k for k in vision if not torch.equal(vision[k], fresh[k])}
+    tower = {k for k in vision if k.startswith("vit_model.vision_tower.") and "attn_pool" not in k}
+    assert changed and changed <= tower
+    gen = [k for k in und if "moe_gen" in k or k.startswith(("time_embedder", "vae2llm", "llm2vae"))]
+    assert gen and all(torch.equal(und[k], vision[k]) for k in gen)  # stage 1 froze them: still the vision start
+
+
+def test_vision_targets_name_findings_and_sides():
+    from unix_cxr.train.vision_stage import TARGETS, vision_targets
+
+    spec = {"findings": [{"kind": "pleural_effusion", "side": "bilateral", "severity": "mild", "zone": None,
+                          "value": None, "uncertain": True},
+                         {"kind": "pacemaker", "side": "left", "severity": "moderate", "zone": None, "value": None,
+                          "uncertain": False}]}
+    on = {name for name, v in zip(TARGETS, vision_targets(spec), strict=True) if v}
+    assert on == {"Pleural Effusion", "Pleural Effusion (right)", "Pleural Effusion (left)", "Support Devices"}

@@ -18,11 +18,13 @@
           groups:
             vlm_sft: {kind: chat, path: data/stage1_train.jsonl}
 
-Two preparation kinds run before the model stages of the phantom recipe (`phantom-tiny`): `phantom_data` draws
+Three preparation kinds run before the model stages of the phantom recipe (`phantom-tiny`): `phantom_data` draws
 phantom radiographs and writes the stage files and a tokenizer (settings under `phantom:`,
 `unix_cxr.train.phantom_data`), `vae` trains a small KL-f16 VAE and caches latents with it (settings under `vae:`,
-`unix_cxr.train.vae_stage`). In any string of a recipe, `${output}` stands for the run's `--output` folder, so a
-recipe can name the files its own earlier stages write (`tokenizer: ${output}/data/tokenizer`).
+`unix_cxr.train.vae_stage`), `vision` trains the SigLIP tower on the phantoms' findings and exports the weights
+the next model stage starts from (settings under `vision:`, `unix_cxr.train.vision_stage`). In any string of a
+recipe, `${output}` stands for the run's `--output` folder, so a recipe can name the files its own earlier stages
+write (`tokenizer: ${output}/data/tokenizer`).
 
 Stages and data groups are mappings keyed by name, so every field has a dotted path. Overrides (`key=value`,
 values read as YAML) apply to the recipe (`precision=bf16-mixed`), to one stage (`stages.und_sft.steps=100`), or,
@@ -45,7 +47,7 @@ import yaml
 from ..config import apply_overrides, check_value, parse_overrides
 
 MODEL_KINDS = ("und_sft", "gen_pt", "gen_ft")
-PREPARATION_KINDS = ("phantom_data", "vae")  # stages that make files for the model stages (no UniX weights)
+PREPARATION_KINDS = ("phantom_data", "vae", "vision")  # stages that prepare files or weights for the model stages
 STAGE_KINDS = MODEL_KINDS + PREPARATION_KINDS
 OUTPUT = "${output}"  # in recipe strings: the run's --output folder
 EXPERTS = ("und", "gen", "both")
@@ -121,6 +123,7 @@ class VAEStageConfig:
     size: int = 64  # training and caching side (a multiple of 16)
     l1_weight: float = 1.0
     l2_weight: float = 1.0
+    edge_weight: float = 0.0  # L1 of the error's pixel differences: keeps thin lines (tubes, leads) sharper
     kl_weight: float = 1.0e-6
     normalize: bool = True  # fold the latents' mean and std into the VAE so the config's scale / shift whiten them
     cache: dict[str, CacheConfig] = field(default_factory=dict)
@@ -141,6 +144,14 @@ class RepaConfig:
 
 
 @dataclass
+class VisionStageConfig:
+    """A `vision` stage: the SigLIP tower learns the findings of phantoms (a phantom folder with specs.jsonl)."""
+
+    phantoms: str | None = None  # folder written by `unix-cxr data phantom` (images/ + specs.jsonl)
+    val: str | None = None  # another such folder, only scored (summary.json)
+
+
+@dataclass
 class StageConfig:
     kind: str = "und_sft"
     steps: int = 100
@@ -157,11 +168,17 @@ class StageConfig:
     keep_checkpoints: int = 2
     phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)  # kind phantom_data only
     vae: VAEStageConfig = field(default_factory=VAEStageConfig)  # kind vae only
+    vision: VisionStageConfig = field(default_factory=VisionStageConfig)  # kind vision only
 
     @property
     def prepares(self) -> bool:
         """A preparation stage (phantom_data, vae) rather than a UniX training stage."""
         return self.kind in PREPARATION_KINDS
+
+    @property
+    def exports_weights(self) -> bool:
+        """Its `final/` holds UniX weights that the next model stage starts from (model stages and `vision`)."""
+        return self.kind in (*MODEL_KINDS, "vision")
 
     @property
     def trained_experts(self) -> str:
@@ -215,6 +232,10 @@ class TrainRecipe:
             if st.kind == "vae":
                 _check_vae(st.vae, f"{where}.vae")
                 continue
+            if st.kind == "vision":
+                if not st.vision.phantoms:
+                    raise ValueError(f"{where}.vision.phantoms is not set (a phantom folder with specs.jsonl)")
+                continue
             if not st.data.groups:
                 raise ValueError(f"{where}.data.groups: no data groups")
             for gname, g in st.data.groups.items():
@@ -260,7 +281,7 @@ def _check_vae(v: VAEStageConfig, where: str) -> None:
         raise ValueError(f"{where}.images is not set (a folder of images or a caption JSONL to train on)")
     if v.size % 16 or v.size < 16:
         raise ValueError(f"{where}.size must be a positive multiple of 16, got {v.size}")
-    if min(v.l1_weight, v.l2_weight, v.kl_weight) < 0 or v.l1_weight + v.l2_weight <= 0:
+    if min(v.l1_weight, v.l2_weight, v.edge_weight, v.kl_weight) < 0 or v.l1_weight + v.l2_weight <= 0:
         raise ValueError(f"{where}: the loss weights must be non-negative, with l1_weight + l2_weight > 0")
     for name, c in v.cache.items():
         if not c.input:

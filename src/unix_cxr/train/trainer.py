@@ -11,9 +11,10 @@ recipe), `checkpoints/step-N/` (see `train.checkpoint`) and, when done, `final/`
 `unix-cxr.yaml`, the authors' `config.json`, `model.safetensors` in their key layout, the tokenizer and, when the
 recipe names one, the VAE) that the next stage starts from and that `load_release` reads.
 
-Preparation stages (`phantom_data`, `vae`; the phantom recipe) make files for the model stages instead:
-`train.phantom_data` and `train.vae_stage`. They leave the starting weights of the next model stage alone, and the
-recipe names what they write through `${output}` (`TrainRecipe.with_output`).
+Preparation stages (the phantom recipe) make what the model stages need: `phantom_data` its files
+(`train.phantom_data`), `vae` a VAE and latent caches (`train.vae_stage`), `vision` a SigLIP tower trained on the
+phantoms' findings, exported as the weights the next model stage starts from (`train.vision_stage`). The recipe
+names what they write through `${output}` (`TrainRecipe.with_output`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .phantom_data import prepare_phantom_data
 from .recipe import StageConfig, TrainRecipe, save_recipe
 from .repa import RepaTerm
 from .vae_stage import train_vae
+from .vision_stage import train_vision
 
 log = logging.getLogger(__name__)
 
@@ -312,15 +314,16 @@ def _stage_done(out: Path, target: int, stage: StageConfig) -> bool:
 
 def run_preparation(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: Dist, resume: bool,
                     max_steps: int | None, progress: bool = True) -> StageResult:
-    """A `phantom_data` (no steps; its files in `out`) or `vae` stage (see the module doc); writes `DONE`."""
+    """A `phantom_data` (no steps; its files in `out`), `vae` or `vision` stage (module doc); writes `DONE`."""
     if stage.kind == "phantom_data":
         prepare_phantom_data(recipe, stage, out, d, progress)
         result = StageResult(name, 0, out)
     else:
+        run = train_vae if stage.kind == "vae" else train_vision
         with _StopFlag() as stop:
-            vae = train_vae(recipe, name, stage, out, d, resume=resume, max_steps=max_steps,
-                            lr_schedule=lr_lambda(stage), should_stop=lambda: stop.requested, progress=progress)
-        result = StageResult(name, vae.steps, vae.final, vae.interrupted)
+            done = run(recipe, name, stage, out, d, resume=resume, max_steps=max_steps, lr_schedule=lr_lambda(stage),
+                       should_stop=lambda: stop.requested, progress=progress)
+        result = StageResult(name, done.steps, done.final, done.interrupted)
     if d.is_main and not result.interrupted:
         write_atomic(out / DONE, json.dumps({"steps": result.steps, "target": stage.steps}))
     return result
@@ -356,7 +359,7 @@ def _train(recipe: TrainRecipe, output: Path, resume: bool, max_steps: int | Non
                 results.append(StageResult(name, 0, out))
                 continue
             results.append(StageResult(name, target, out / "final"))
-            if not stage.prepares:
+            if stage.exports_weights:
                 init = out / "final"
             continue
         if restarted and out.exists() and d.is_main:
@@ -375,6 +378,6 @@ def _train(recipe: TrainRecipe, output: Path, resume: bool, max_steps: int | Non
             log.warning("stopped in stage %s at step %d; continue with --resume", name, result.steps)
             break
         restarted = True
-        if not stage.prepares:
+        if stage.exports_weights:
             init = result.final
     return results

@@ -4,13 +4,12 @@ UniX never trains its VAE (the released kl-f16 is frozen); a phantom model needs
 builds `LatentVAE(cfg.vae)` (the CompVis architecture of `unix_cxr.model.vae`, at the width the model config
 gives) and trains it on `vae.images` at `vae.size` px:
 
-    loss = l1_weight * |x - x'| + l2_weight * (x - x')^2      (means over pixels)
+    loss = l1_weight * |x - x'| + l2_weight * (x - x')^2 + edge_weight * |grad (x - x')|    (means over pixels)
          + kl_weight * KL(q(z|x) || N(0, I))                  (summed over latent elements, mean over images)
 
 with x' decoded from a posterior sample. It is deterministic and exactly resumable like the UniX stages: the
-images of step s are a function of (seed, s) (one seeded permutation per epoch), so are the posterior noise, and
-model, optimizer and scheduler go through the trainer's DCP checkpoints (`train.checkpoint`). The stage runs the
-same computation on every rank (it is small), so checkpoints stay collective.
+images of step s are a function of (seed, s) (one seeded permutation per epoch), so is the posterior noise, and
+the loop (`train.small_loop.fit`) keeps model, optimizer and scheduler in the trainer's DCP checkpoints.
 
 At the end, with `vae.normalize`, the per-channel mean and standard deviation of the posterior means over the
 training images are folded into `quant_conv` and `post_quant_conv`: the exported VAE decodes every image as before,
@@ -18,7 +17,7 @@ and the model config's fixed latent normalisation `scale * (z - shift)` now give
 deviation 1 per channel, as flow matching expects. Then:
 
     OUTPUT/<stage>/
-        metrics.jsonl          one line per step: step, loss, l1, l2, kl, lr, grad_norm, images_per_s
+        metrics.jsonl          one line per step: step, loss, l1, l2, edge, kl, lr, grad_norm, items_per_s
         checkpoints/step-N/    as the UniX stages
         final/                 vae.safetensors (ldm keys) + config.yaml (latent-diffusion): what `load_vae` reads
         latents/<name>/        one latent cache per `vae.cache` entry (`unix_cxr.data.latent_cache`)
@@ -29,11 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +38,11 @@ import torch
 
 from ..config import UniXConfig, ldm_vae_yaml, load_config
 from ..utils.atomic import write_atomic
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .parallel import Dist
 from .recipe import StageConfig, TrainRecipe
+from .small_loop import PreparationResult, adamw, fit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class VAEStageResult:
-    steps: int
-    final: Path | None  # the exported VAE folder (None when interrupted)
-    interrupted: bool = False
 
 
 def load_pixels(images: str, image_root: str | None, size: int, cfg: UniXConfig) -> torch.Tensor:
@@ -86,7 +76,8 @@ def batch_indices(step: int, batch: int, n: int, seed: int) -> np.ndarray:
 
 
 def vae_losses(vae, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
-    """L1, L2 (pixel means) and KL (sum over latent elements, mean over images) of a batch in [-1, 1]."""
+    """L1, L2, edge (L1 of the horizontal and vertical pixel differences; pixel means) and KL (sum over latent
+    elements, mean over images) of a batch in [-1, 1]."""
     from ..model.vae import LOGVAR_RANGE
 
     mean, logvar = vae.moments(x).chunk(2, dim=1)
@@ -95,7 +86,9 @@ def vae_losses(vae, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tenso
     ae = vae.autoencoder
     rec = ae.decoder(ae.post_quant_conv(z))
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
-    return {"l1": (rec - x).abs().mean(), "l2": (rec - x).pow(2).mean(), "kl": kl}
+    err = rec - x
+    edge = (err[..., 1:, :] - err[..., :-1, :]).abs().mean() + (err[..., :, 1:] - err[..., :, :-1]).abs().mean()
+    return {"l1": err.abs().mean(), "l2": err.pow(2).mean(), "edge": edge, "kl": kl}
 
 
 @torch.no_grad()
@@ -147,75 +140,39 @@ def export_vae(vae, folder: Path) -> Path:
 
 def train_vae(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: Dist, *, resume: bool,
               max_steps: int | None, lr_schedule: Callable[[int], float], should_stop: Callable[[], bool],
-              progress: bool = True) -> VAEStageResult:
+              progress: bool = True) -> PreparationResult:
     """Run the stage into `out` (see the module doc). `lr_schedule(step)` multiplies `optim.lr` (the trainer's
     warm-up / cosine rule); `should_stop()` is asked after every step (SIGTERM / SIGINT: checkpoint and return)."""
-    from tqdm import tqdm
-
     from ..model.vae import LatentVAE
 
-    v, o = stage.vae, stage.optim
+    began = time.perf_counter()
+    v = stage.vae
     cfg = load_config(recipe.model, recipe.model_overrides)
     target = min(stage.steps, max_steps) if max_steps else stage.steps
     pixels = load_pixels(v.images, v.image_root, v.size, cfg)
     torch.manual_seed(recipe.seed)
     vae = LatentVAE(cfg.vae).to(d.device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                  weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
-    ckpt_dir, metrics = out / "checkpoints", out / "metrics.jsonl"
-    step = 0
-    last = latest_checkpoint(ckpt_dir) if resume else None
-    if last is not None:
-        trainer_state, _ = load_checkpoint(last, vae, optimizer, d)
-        step = int(trainer_state["step"])
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        log.info("stage %s: resuming from %s (step %d)", name, last, step)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _metrics_upto(metrics, step)
+    optimizer, scheduler = adamw(vae, stage, lr_schedule)
     log.info("stage %s: a %s-parameter VAE on %d images of %d px, %d steps of %d", name,
              f"{sum(p.numel() for p in vae.parameters()):,}", len(pixels), v.size, target, stage.global_batch_size)
-    latent_side = v.size // cfg.vae.downsample
-    bar = tqdm(total=target, initial=step, desc=name, unit="step", disable=not (progress and d.is_main))
-    interrupted = False
-    while step < target:
-        started = time.perf_counter()
+    side = v.size // cfg.vae.downsample
+
+    def step_loss(step: int):
         idx = batch_indices(step, stage.global_batch_size, len(pixels), recipe.seed)
         x = _to_model(pixels[idx], cfg.vae.in_channels).to(d.device)
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-        eps = torch.randn((len(idx), cfg.vae.z_channels, latent_side, latent_side), generator=gen).to(d.device)
+        eps = torch.randn((len(idx), cfg.vae.z_channels, side, side), generator=gen).to(d.device)
         parts = vae_losses(vae, x, eps)
-        loss = v.l1_weight * parts["l1"] + v.l2_weight * parts["l2"] + v.kl_weight * parts["kl"]
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise ValueError(f"stage {name}: the VAE loss is {value} at step {step + 1}; stopped, the last good "
-                             f"checkpoint is kept in {ckpt_dir}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), o.grad_clip if o.grad_clip > 0 else math.inf)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        row = {"step": step, "loss": value, **{k: float(t.detach()) for k, t in parts.items()},
-               "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-               "images_per_s": len(idx) / (time.perf_counter() - started)}
-        if d.is_main:
-            with metrics.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.set_postfix(l1=f"{row['l1']:.4f}", kl=f"{row['kl']:.1f}", img_s=f"{row['images_per_s']:.0f}")
-            bar.update(1)
-        interrupted = d.any(should_stop())
-        if step % stage.checkpoint_every == 0 or step == target or interrupted:
-            save_checkpoint(ckpt_dir, step, vae, optimizer, {"scheduler": scheduler.state_dict()}, {}, d,
-                            stage.keep_checkpoints)
-        if interrupted:
-            break
-    bar.close()
+        loss = (v.l1_weight * parts["l1"] + v.l2_weight * parts["l2"] + v.edge_weight * parts["edge"]
+                + v.kl_weight * parts["kl"])
+        return loss, {k: float(t.detach()) for k, t in parts.items()}, len(idx)
+
+    steps, interrupted = fit(name, vae, optimizer, scheduler, step_loss, stage, out, d, target=target,
+                             resume=resume, should_stop=should_stop, progress=progress, shown=("l1", "kl"))
     if interrupted:
-        return VAEStageResult(step, None, interrupted=True)
+        return PreparationResult(steps, None, interrupted=True)
     vae.eval()
-    summary = {"steps": step, "images": len(pixels), "size": v.size}
+    summary = {"steps": steps, "images": len(pixels), "size": v.size}
     summary["l1_before_folding"] = _reconstruction_l1(vae, pixels)
     if v.normalize:
         mean, std = latent_statistics(vae, pixels)
@@ -229,11 +186,12 @@ def train_vae(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: 
             _cache(vae, c, out / "latents" / cname, v.size, progress)
         after_mean, after_std = _normalised_statistics(vae, pixels)
         summary["normalised_latent_mean"], summary["normalised_latent_std"] = after_mean, after_std
+        summary["seconds"] = round(time.perf_counter() - began, 1)
         write_atomic(out / "summary.json", json.dumps(summary, indent=1))
         log.info("stage %s: reconstruction L1 %.4f (%.1f grey levels); normalised latents mean %.3f, std %.3f",
                  name, summary["l1"], 127.5 * summary["l1"], after_mean, after_std)
     d.barrier()
-    return VAEStageResult(step, final)
+    return PreparationResult(steps, final)
 
 
 @torch.no_grad()
@@ -262,11 +220,5 @@ def _cache(vae, c, folder: Path, size: int, progress: bool) -> None:
     log.info("latent cache %s: %d latents", folder, summary.cached)
 
 
-def _metrics_upto(path: Path, step: int) -> None:
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        write_atomic(path, "".join(line + "\n" for line in kept))
-
-
-__all__ = ["VAEStageResult", "batch_indices", "export_vae", "fold_normalization", "latent_statistics",
+__all__ = ["batch_indices", "export_vae", "fold_normalization", "latent_statistics",
            "load_pixels", "train_vae", "vae_losses"]
