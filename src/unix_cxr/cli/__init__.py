@@ -11,7 +11,21 @@ import argparse
 import logging
 import sys
 
-from . import data_build, data_cache, data_clean, data_phantom, data_preview, label, lora, model, train
+from . import (
+    data_build,
+    data_cache,
+    data_clean,
+    data_phantom,
+    data_preview,
+    demo,
+    generate,
+    label,
+    lora,
+    model,
+    report,
+    serve,
+    train,
+)
 from . import eval as eval_commands
 from .errors import run
 
@@ -31,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="unix-cxr", description="UniX: chest X-ray report and image generation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    demo.add_cli(sub)
+    report.add_cli(sub)
+    generate.add_cli(sub)
+    serve.add_cli(sub)
     model.add_cli(sub)
     data = sub.add_parser("data", help="data preparation: cleaning, image preview, phantoms, datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)

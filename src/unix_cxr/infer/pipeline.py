@@ -38,14 +38,25 @@ from ..data.writers import FINDINGS_AND_IMPRESSION, IMAGE_TOKEN, PROMPT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_REPORT_PROMPT", "RANDOM_PRESETS", "Image", "Report", "UniXPipeline", "as_grey_uint8",
-           "resolve_dtype", "t2i_prompt"]
+__all__ = ["DEFAULT_REPORT_PROMPT", "DEMO_MODEL", "RANDOM_PRESETS", "Image", "Report", "UniXPipeline", "as_grey_uint8",
+           "demo_model_path", "resolve_dtype", "t2i_prompt"]
 
 DEFAULT_REPORT_PROMPT = PROMPT_TEMPLATES[FINDINGS_AND_IMPRESSION][0]
 """The report prompt of :class:`UniXPipeline`: template 1 of the authors' FINDINGS-and-IMPRESSION set (spec §6.3)."""
 
 RANDOM_PRESETS = ("tiny",)
 """Model names :meth:`UniXPipeline.from_pretrained` builds with random weights (for tests), instead of a folder."""
+
+DEMO_MODEL = "demo"
+"""The model name of the demo model shipped inside the package (:func:`demo_model_path`)."""
+
+
+def demo_model_path() -> Path:
+    """The release folder of the shipped demo model: the phantom model that `unix-cxr train --config phantom-tiny`
+    trains (synthetic phantom radiographs only; docs/training.md), in the package's ``assets/demo/model``."""
+    from importlib.resources import files
+
+    return Path(str(files("unix_cxr").joinpath("assets", "demo", "model")))
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -293,7 +304,8 @@ class UniXPipeline:
 
         Args:
             path_or_preset: a release folder (``config.json``, ``model.safetensors``, ``vae/``, tokenizer files;
-                loaded by :func:`unix_cxr.checkpoint.release.load_release`, no hub access), or a name of
+                loaded by :func:`unix_cxr.checkpoint.release.load_release`, no hub access), ``"demo"`` (the
+                demo model shipped in the package, :func:`demo_model_path`), or a name of
                 :data:`RANDOM_PRESETS` (``"tiny"``): that configuration with random weights, for tests -- it
                 says so in the log and its outputs mean nothing. An existing folder wins over a preset of the same
                 name.
@@ -313,6 +325,12 @@ class UniXPipeline:
         if special_tokens is not None and not isinstance(special_tokens, SpecialTokens):
             special_tokens = SpecialTokens(*special_tokens)
         path = Path(path_or_preset)
+        if path_or_preset == DEMO_MODEL and not path.exists():
+            path = demo_model_path()
+            if not (path / "model.safetensors").is_file():
+                raise ValueError(f"the demo model is not installed ({path} has no model.safetensors); reinstall "
+                                 "unix-cxr, or pass a release folder")
+            settings.setdefault("name", "UniX phantom demo (synthetic training data)")
         if isinstance(path_or_preset, str) and path_or_preset in RANDOM_PRESETS and not path.exists():
             model, vae = _random_preset(path_or_preset, torch_dtype, device, special_tokens, init_seed)
             log.warning("UniX preset %r with RANDOM weights (init seed %d): for tests only, its reports and images "
