@@ -7,8 +7,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from unix_cxr.infer.marking import (DISCLAIMER, read_marking, save_synthetic_dicom, save_synthetic_png,
-                                    synthetic_png)
+from unix_cxr.infer.marking import DISCLAIMER, read_marking, save_synthetic_dicom, save_synthetic_png, synthetic_png
 
 
 def pixels() -> np.ndarray:

@@ -47,8 +47,16 @@ def load_tokenizer(folder: str | Path):
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         return None
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    # transformers reads config.json too and warns that model type "unix" is not one of its own: true and harmless
+    # for a tokenizer, so its warnings are silenced for this call only.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def load_release(folder: str | Path, dtype: torch.dtype = torch.bfloat16, with_generation: bool = True,

@@ -49,8 +49,10 @@ def _png(grey) -> bytes:
 
     from PIL import Image
 
+    from ..infer.pipeline import as_grey_uint8
+
     buf = io.BytesIO()
-    Image.fromarray(grey).save(buf, format="PNG")
+    Image.fromarray(as_grey_uint8(grey)).save(buf, format="PNG")
     return buf.getvalue()
 
 
