@@ -178,3 +178,17 @@ print("torch imported:", "torch" in sys.modules)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "torch imported: False"
     assert "usage: unix-cxr data cache-latents" in proc.stdout
+
+
+def test_a_library_save_through_atomic_path_gets_normal_permissions(tmp_path):
+    """safetensors replaces the file it writes (mode 0600); the writer gives it the umask's permissions again."""
+    import torch
+
+    from unix_cxr.checkpoint.safetensors_io import write_safetensors_atomic
+
+    old_mask = os.umask(0o022)
+    try:
+        path = write_safetensors_atomic({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -1,8 +1,8 @@
 """The web app of `unix-cxr serve` (unix_cxr.serve.webapp), end to end in a headless Chromium (Playwright).
 
 The app runs in-process on a free localhost port with a tiny random release folder; its tokenizer spells every
-token as a finding ("effusion-7", "edema-12", ...), so the random reports have findings to highlight. Also writes
-the screenshot of the read tab, docs/img/webapp.png.
+token as a finding ("effusion-7", "edema-12", ...), so the random reports have findings to highlight. The read-tab
+test takes a screenshot; with UNIX_CXR_WRITE_SCREENSHOT=1 it replaces the user guide's docs/img/webapp.png.
 
 Run: pytest tests/test_webapp_browser.py   (needs /usr/bin/chromium; CI installs it)
 """
@@ -10,6 +10,7 @@ Run: pytest tests/test_webapp_browser.py   (needs /usr/bin/chromium; CI installs
 from __future__ import annotations
 
 import io
+import os
 import socket
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from unix_cxr.serve.webapp import finding_spans, run_webapp  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")
 
 SETTINGS = {"decoding": {"max_new_tokens": 6}, "sampling": {"num_timesteps": 3}, "image_size": 32, "batch_size": 1}
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "webapp.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "webapp.png"
 MAX_UPLOAD_MB = 0.5
 TIMEOUT_MS = 30_000
 WORDS = ("effusion", "pneumothorax", "cardiomegaly", "edema")
@@ -122,7 +123,7 @@ def expect_toast(page, text: str) -> None:
     sync_api.expect(page.get_by_text(text).first).to_be_visible(timeout=TIMEOUT_MS)
 
 
-def test_read_tab_streams_the_pipeline_report_with_highlighted_findings(page, pipe, files):
+def test_read_tab_streams_the_pipeline_report_with_highlighted_findings(page, pipe, files, tmp_path):
     text = write_report(page, files["cxr"])
     expected = pipe.report([files["cxr"]])[0].text
     assert text == expected and text
@@ -135,9 +136,9 @@ def test_read_tab_streams_the_pipeline_report_with_highlighted_findings(page, pi
     for name, value in pipe.labeler.label(text).items():
         if value == 1:
             sync_api.expect(labels.get_by_role("row").filter(has_text=name)).to_contain_text("positive")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOT)
-    assert PILImage.open(SCREENSHOT).size == (1100, 800)
+    shot = DOCS_SCREENSHOT if os.environ.get("UNIX_CXR_WRITE_SCREENSHOT") == "1" else tmp_path / "webapp.png"
+    page.screenshot(path=shot)
+    assert PILImage.open(shot).size == (1100, 800)
 
 
 def test_read_tab_dicom(page, pipe, files):

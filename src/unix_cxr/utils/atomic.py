@@ -75,6 +75,7 @@ def atomic_path(path: str | Path, what: str = "output") -> Iterator[Path]:
         os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # again: a library's save may replace the file (safetensors gives 0600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
