@@ -32,10 +32,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # rank 0 logs; the others only warn
         logging.getLogger("unix_cxr").setLevel(logging.WARNING)
+    from ..eval.training_samples import PipelineSampler
+
     recipe = load_recipe(args.config, args.overrides)
+    paths = recipe.with_output(args.output)  # the tokenizer and VAE folders, maybe written by an earlier stage
     try:
         results = train(recipe, Path(args.output), resume=args.resume, max_steps=args.max_steps,
-                        device=args.device, progress=not args.no_progress)
+                        device=args.device, progress=not args.no_progress,
+                        sampler=PipelineSampler(paths.tokenizer, paths.vae))
     except TrainingStopped as err:
         sys.stderr.write(f"unix-cxr train: stopped: {err}\n")
         return 1

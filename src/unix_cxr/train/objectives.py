@@ -83,3 +83,11 @@ def draw_flow_inputs(batch: PackedBatch, keys: list, seed: int, shift: float) ->
         timesteps[image] = sample_timesteps(1, shift, gen)[0]
         noise[rows] = torch.randn(rows.numel(), c, generator=gen)
     return noise, timesteps
+
+
+def window_counts(window) -> tuple[int, int, int]:
+    """(CE tokens, noised latent tokens, all tokens) of a list of loader batches (an accumulation window)."""
+    ce = sum(int(b.batch.ce_indexes.numel()) for b in window)
+    mse = sum(int(b.batch.latent_noised.sum()) for b in window)
+    tokens = sum(b.num_tokens for b in window)
+    return ce, mse, tokens

@@ -1,9 +1,11 @@
 """Processes, devices and FSDP2, applied from outside the model.
 
 `Dist.from_env()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): one plain process without it,
-else a process group (nccl on CUDA, gloo on CPU). `shard` applies FSDP2 (`fully_shard` on every decoder layer,
-then on the root; `UniX.forward` runs every parameter inside the root's forward) with an optional bf16
-compute policy over fp32 master weights. Reductions of token counts go through `all_reduce_sum`.
+else a process group (nccl on CUDA, gloo on CPU). `wrap_layers` adds activation checkpointing (non-reentrant,
+per decoder layer and SigLIP layer) and `torch.compile` (per decoder layer) to a plain model; then `shard`
+applies FSDP2 (`fully_shard` on every decoder layer, then on the root; `UniX.forward` runs every parameter
+inside the root's forward) with an optional bf16 compute policy over fp32 master weights. Reductions of token
+counts go through `all_reduce_sum`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def min_over_ranks(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
     def any(self, flag: bool) -> bool:
         """True on every rank if it is True on some rank."""
         return bool(self.all_reduce_sum([float(flag)])[0]) if self.world_size > 1 else flag
@@ -85,4 +95,22 @@ def shard(model: nn.Module, d: Dist, precision: str) -> nn.Module:
     fully_shard(model, mesh=mesh, mp_policy=policy)
     log.info("FSDP2 over %d ranks (%s): %d decoder layers + root", d.world_size, d.device.type,
              len(model.decoder.layers))
+    return model
+
+
+def wrap_layers(model: nn.Module, *, activation_checkpointing: bool, compile: bool) -> nn.Module:
+    """Per layer, from outside the model (before `shard`): activation checkpointing recomputes each decoder and
+    SigLIP layer in backward instead of keeping its activations; `torch.compile` compiles each decoder layer."""
+    decoder = list(model.decoder.layers)
+    vision = list(model.vision.tower.encoder.layers) if getattr(model, "vision", None) is not None else []
+    if activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for layer in decoder + vision:
+            checkpoint(layer)
+        log.info("activation checkpointing: %d decoder + %d SigLIP layers", len(decoder), len(vision))
+    if compile:
+        for layer in decoder:
+            layer.compile()
+        log.info("torch.compile: %d decoder layers", len(decoder))
     return model

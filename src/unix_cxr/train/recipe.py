@@ -152,6 +152,21 @@ class VisionStageConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Held-out passes of a model stage (`train.validation`); off while `every` is 0.
+
+    Each pass reads the same micro-batches of `groups` (held-out files, the kinds of `data.groups`; no caption
+    dropout, fixed noise), logs the held-out CE / MSE, and, when the run has a sampler (`unix-cxr train` gives
+    one), writes a few generated reports (chat groups) and images (caption groups) under `samples/step-N/`.
+    """
+
+    every: int = 0  # optimizer steps between passes, and one at the end of the stage; 0: no validation
+    batches: int = 4  # micro-batches per rank and pass (the first ones of the held-out files, in file order)
+    samples: int = 4  # generated reports / images per pass (0: losses only)
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
+
+
+@dataclass
 class StageConfig:
     kind: str = "und_sft"
     steps: int = 100
@@ -166,6 +181,9 @@ class StageConfig:
     ema_decay: float | None = None  # keep an EMA of the trained weights (the authors: 0.9999); exported as final-ema/
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    activation_checkpointing: bool = False  # recompute each decoder / SigLIP layer in backward (less memory)
+    compile: bool = False  # torch.compile each decoder layer (applied from outside the model, before FSDP2)
     phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)  # kind phantom_data only
     vae: VAEStageConfig = field(default_factory=VAEStageConfig)  # kind vae only
     vision: VisionStageConfig = field(default_factory=VisionStageConfig)  # kind vision only
@@ -195,6 +213,7 @@ class TrainRecipe:
     vae: str | None = None  # a VAE folder copied into every exported release folder (so it can draw images)
     precision: str = "fp32"
     seed: int = 4396
+    tensorboard: bool = True  # TensorBoard scalars in OUTPUT/<stage>/tensorboard/ (needs the tensorboard package)
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
     def validate(self) -> TrainRecipe:
@@ -238,8 +257,10 @@ class TrainRecipe:
                 continue
             if not st.data.groups:
                 raise ValueError(f"{where}.data.groups: no data groups")
-            for gname, g in st.data.groups.items():
-                gw = f"{where}.data.groups.{gname}"
+            _check_validation(st.validation, f"{where}.validation")
+            named = [(f"{where}.{part}.groups.{gname}", g) for part, groups in
+                     (("data", st.data.groups), ("validation", st.validation.groups)) for gname, g in groups.items()]
+            for gw, g in named:
                 if g.kind not in GROUP_KINDS:
                     raise ValueError(f"{gw}.kind must be one of {GROUP_KINDS}, got {g.kind!r}")
                 if not g.path:
@@ -263,6 +284,13 @@ class TrainRecipe:
             return value
 
         return _build(TrainRecipe, resolve(self.to_dict()), "recipe").validate()
+
+
+def _check_validation(v: ValidationConfig, where: str) -> None:
+    if v.every < 0 or v.batches < 1 or v.samples < 0:
+        raise ValueError(f"{where}: every and samples must be >= 0 and batches positive")
+    if v.every and not v.groups:
+        raise ValueError(f"{where}.groups: no held-out data groups (or validation.every=0)")
 
 
 def _check_phantom(p: PhantomDataConfig, where: str) -> None:

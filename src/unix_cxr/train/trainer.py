@@ -41,12 +41,13 @@ from .data import build_loader, load_tokenizer_folder
 from .ema import EMA
 from .freeze import apply_freeze
 from .lora import LoraSettings, apply_lora, merge_lora, save_adapter
-from .objectives import draw_flow_inputs, training_forward
-from .parallel import Dist, shard
+from .objectives import draw_flow_inputs, training_forward, window_counts
+from .parallel import Dist, shard, wrap_layers
 from .phantom_data import prepare_phantom_data
 from .recipe import StageConfig, TrainRecipe, save_recipe
 from .repa import RepaTerm
 from .vae_stage import train_vae
+from .validation import Sampler, Validation, plain_copy
 from .vision_stage import train_vision
 
 log = logging.getLogger(__name__)
@@ -137,16 +138,6 @@ def _autocast(recipe: TrainRecipe, d: Dist):
     return nullcontext()
 
 
-def _window_counts(window) -> tuple[int, int, int]:
-    ce = sum(int(b.batch.ce_indexes.numel()) for b in window)
-    mse = 0
-    for b in window:
-        noised = b.batch.latent_noised
-        mse += int(noised.sum())
-    tokens = sum(b.num_tokens for b in window)
-    return ce, mse, tokens
-
-
 def _metrics_upto(path: Path, step: int) -> None:
     """Keep the metric lines of steps <= `step` (a resumed run rewrites what came after its checkpoint)."""
     if not path.is_file():
@@ -186,7 +177,8 @@ def _write_release(tmp: Path, state: dict, cfg: UniXConfig, tokenizer, vae: str 
 
 
 def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, init: Path | None, d: Dist,
-              resume: bool, max_steps: int | None, tokenizer, progress: bool = True) -> StageResult:
+              resume: bool, max_steps: int | None, tokenizer, progress: bool = True,
+              sampler: Sampler | None = None) -> StageResult:
     from tqdm import tqdm
 
     target = min(stage.steps, max_steps) if max_steps else stage.steps
@@ -199,6 +191,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
         if d.world_size > 1:
             raise ValueError(f"stages.{name}.lora: LoRA under FSDP2 (several processes) is not supported yet")
         apply_lora(model, lora)  # only the adapters train
+    wrap_layers(model, activation_checkpointing=stage.activation_checkpointing, compile=stage.compile)
     if d.world_size > 1:
         model = shard(model, d, recipe.precision)
     torch.manual_seed(recipe.seed)  # the REPA projector's start, the same on every rank
@@ -212,8 +205,9 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage))
     loader = build_loader(stage, cfg, tokenizer, d, recipe.seed)
+    validation = Validation.build(stage, cfg, tokenizer, d, recipe.seed)
 
-    ckpt_dir, metrics = out / "checkpoints", out / "metrics.jsonl"
+    ckpt_dir, metrics, val_metrics = out / "checkpoints", out / "metrics.jsonl", out / "validation.jsonl"
     step = 0
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
@@ -227,6 +221,8 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
         out.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, out / "recipe.yaml")
         _metrics_upto(metrics, step)
+        _metrics_upto(val_metrics, step)
+    board = _tensorboard(recipe, out, step, d)
     batches = iter(loader)
     bar = tqdm(total=target, initial=step, desc=name, unit="step", disable=not (progress and d.is_main))
     interrupted = False
@@ -234,7 +230,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
         while step < target:
             started = time.perf_counter()
             window = [next(batches) for _ in range(accum)]
-            counts = [*_window_counts(window), RepaTerm.count(window) if repa else 0]
+            counts = [*window_counts(window), RepaTerm.count(window) if repa else 0]
             n_ce, n_mse, n_tok, n_repa = d.all_reduce_sum(counts)
             sums = [0.0, 0.0, 0.0]  # CE, MSE and REPA summed over this rank's tokens / images (for the metrics)
             for micro in window:
@@ -274,6 +270,12 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
                 bar.set_postfix(loss=f"{loss_value:.4f}", ce=f"{ce:.3f}", mse=f"{mse:.3f}",
                                 tok_s=f"{row['tokens_per_s']:.0f}")
                 bar.update(1)
+                if board is not None:
+                    for key, value in row.items():
+                        if key != "step":
+                            board.add_scalar(f"train/{key}", value, step)
+            if validation is not None and validation.due(step, target):
+                _validate(validation, model, cfg, stage, step, out, d, recipe, sampler, board)
             interrupted = d.any(stop.requested)
             if step % stage.checkpoint_every == 0 or step == target or interrupted:
                 save_checkpoint(ckpt_dir, step, trained, optimizer, {"scheduler": scheduler.state_dict()},
@@ -281,6 +283,8 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
             if interrupted:
                 break
     bar.close()
+    if board is not None:
+        board.close()
     if interrupted:
         return StageResult(name, step, None, interrupted=True)
     if lora is not None:  # the adapter as peft files, then the merged weights as the stage's result
@@ -293,6 +297,53 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     if d.is_main:
         write_atomic(out / DONE, json.dumps({"steps": step, "target": stage.steps}))
     return StageResult(name, step, final)
+
+
+def _tensorboard(recipe: TrainRecipe, out: Path, step: int, d: Dist):
+    """Rank 0's TensorBoard writer in OUTPUT/<stage>/tensorboard/; events after `step` (a resumed run's
+    checkpoint) are purged. None when turned off, on other ranks, or without the tensorboard package (logged)."""
+    if not (recipe.tensorboard and d.is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("TensorBoard scalars are off: the tensorboard package is not installed (pip install "
+                    "tensorboard, or tensorboard=false)")
+        return None
+    return SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+
+
+def _validate(validation: Validation, model: nn.Module, cfg: UniXConfig, stage: StageConfig, step: int, out: Path,
+              d: Dist, recipe: TrainRecipe, sampler: Sampler | None, board) -> None:
+    """One held-out pass: its losses into validation.jsonl (and TensorBoard), then the sampler's outputs."""
+    row = {"step": step, **validation.losses(model, lambda: _autocast(recipe, d), d)}
+    samples = {}
+    if sampler is not None and stage.validation.samples:
+        plain = plain_copy(model, cfg, d)
+        if plain is not None:
+            try:
+                with torch.no_grad(), _autocast(recipe, d):
+                    samples = sampler(plain, stage, out / "samples" / f"step-{step:08d}")
+            except (ValueError, OSError, RuntimeError) as err:  # samples are for watching: training goes on
+                log.warning("step %d: no validation samples: %s", step, err)
+            if plain is model:
+                model.train()
+        d.barrier()
+    if not d.is_main:
+        return
+    log.info("step %d: held-out loss %.4f (ce %.4f, mse %.4f)", step, row["val_loss"], row["val_ce"], row["val_mse"])
+    with (out / "validation.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    if board is None:
+        return
+    for key in ("val_loss", "val_ce", "val_mse"):
+        board.add_scalar(f"val/{key[4:]}", row[key], step)
+    for i, (image, text) in enumerate(samples.get("reports", [])):
+        board.add_text(f"val/report_{i}", f"{image}: {text}", step)
+    for i, (caption, pixels) in enumerate(samples.get("images", [])):
+        board.add_image(f"val/image_{i}", pixels, step, dataformats="HW")
+        board.add_text(f"val/caption_{i}", caption, step)
+    board.flush()
 
 
 def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -330,19 +381,20 @@ def run_preparation(recipe: TrainRecipe, name: str, stage: StageConfig, out: Pat
 
 
 def train(recipe: TrainRecipe, output: Path, *, resume: bool = False, max_steps: int | None = None,
-          device: str | None = None, progress: bool = True) -> list[StageResult]:
-    """Run every stage of `recipe` into `output` (see the module doc); returns what each stage did."""
+          device: str | None = None, progress: bool = True, sampler: Sampler | None = None) -> list[StageResult]:
+    """Run every stage of `recipe` into `output` (see the module doc); returns what each stage did. `sampler`
+    writes generated samples at the validation passes (`train.validation`)."""
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max-steps must be positive, got {max_steps}")
     d = Dist.from_env(device)
     try:
-        return _train(recipe, output, resume, max_steps, d, progress)
+        return _train(recipe, output, resume, max_steps, d, progress, sampler)
     finally:
         d.close()
 
 
 def _train(recipe: TrainRecipe, output: Path, resume: bool, max_steps: int | None, d: Dist,
-           progress: bool) -> list[StageResult]:
+           progress: bool, sampler: Sampler | None) -> list[StageResult]:
     if not resume and output.exists() and any(output.iterdir()):
         raise ValueError(f"--output {output} is not empty: give --resume to continue that run, or a new folder")
     recipe = recipe.with_output(output)
@@ -372,7 +424,7 @@ def _train(recipe: TrainRecipe, output: Path, resume: bool, max_steps: int | Non
             if tokenizer is None:
                 tokenizer = load_tokenizer_folder(recipe.tokenizer)
             result = run_stage(recipe, name, stage, out, init, d, resume and not restarted, max_steps, tokenizer,
-                               progress)
+                               progress, sampler)
         results.append(result)
         if result.interrupted:
             log.warning("stopped in stage %s at step %d; continue with --resume", name, result.steps)
