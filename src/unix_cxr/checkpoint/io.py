@@ -1,8 +1,9 @@
 """Loading and saving UniX weights: safetensors only, in the authors' layout, strict with a precise report.
 
-Pickled checkpoints (.ckpt, .pt, .pth, .bin, .pkl) are never opened here; the VAE's one-time conversion command
-(`unix-cxr convert-vae CKPT OUT.safetensors --trust-pickle`) is the only place that unpickles, and only when told
-to. The file handling itself (pickle refusal, reading, atomic writing, mismatch reports) is `.safetensors_io`.
+Pickled checkpoints (.ckpt, .pt, .pth, .bin, .pkl) are never opened here; the one-time conversion commands
+(`unix-cxr convert-vae CKPT OUT.safetensors --trust-pickle`, `unix-cxr convert-janus FOLDER --trust-pickle`) are
+the only places that unpickle (`.pickled`), and only when told to. The file handling itself (pickle refusal,
+reading, atomic writing, mismatch reports) is `.safetensors_io`; starting from a Janus-Pro folder is `.janus`.
 """
 
 from __future__ import annotations

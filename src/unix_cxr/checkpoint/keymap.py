@@ -10,7 +10,7 @@ language_model.model.layers.{i}.mlp[_moe_gen].{gate,up,down}_proj.*   ...{und|ge
 language_model.model.norm[_moe_gen].weight                    decoder.norm[_gen].weight
 language_model.lm_head.weight                                 lm_head.weight
 vit_model.vision_tower.* (timm names; Janus files: vision_model.vision_tower.*)   vision.tower.* (transformers)
-connector.layers.{0,2}.*                                      vision.connector.fc{1,2}.*
+connector.layers.{0,2}.* (Janus files: aligner.layers.{0,2}.*)  vision.connector.fc{1,2}.*
 time_embedder.*, vae2llm.*, llm2vae.*, latent_pos_embed.*, vit_pos_embed.*   unchanged
 """
 
@@ -38,6 +38,31 @@ _UNCHANGED = ("time_embedder.", "vae2llm.", "llm2vae.", "latent_pos_embed.", "vi
 _TOWER_PREFIXES = ("vit_model.vision_tower.", "vision_model.vision_tower.")
 
 
+_INVERSE_RENAMES = {v: k for k, v in _RENAMES.items()}
+
+
+def llm_key_from_authors(key: str) -> str | None:
+    """Our name for one of the authors' language-model keys (`language_model.*`), or None when the map has none."""
+    if key in _RENAMES:
+        return _RENAMES[key]
+    if m := _LAYER.match(key):
+        layer, part, gen, rest = m.groups()
+        return f"decoder.layers.{layer}.{'gen' if gen else 'und'}.{part}.{rest}"
+    return None
+
+
+def llm_key_to_authors(key: str) -> str | None:
+    """The authors' name for one of our decoder / lm_head keys (the inverse of `llm_key_from_authors`), or None."""
+    if key in _INVERSE_RENAMES:
+        return _INVERSE_RENAMES[key]
+    if m := _OUR_LAYER.match(key):
+        layer, expert, part, rest = m.groups()
+        suffix = "_moe_gen" if expert == "gen" else ""
+        scope = "self_attn." if part in _ATTN else ""
+        return f"language_model.model.layers.{layer}.{scope}{part}{suffix}.{rest}"
+    return None
+
+
 def from_authors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Authors' keys -> ours. Keys that belong to no known part raise ValueError (listed)."""
     out: dict[str, torch.Tensor] = {}
@@ -45,11 +70,8 @@ def from_authors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     connector: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in sd.items():
-        if key in _RENAMES:
-            out[_RENAMES[key]] = value
-        elif m := _LAYER.match(key):
-            layer, part, gen, rest = m.groups()
-            out[f"decoder.layers.{layer}.{'gen' if gen else 'und'}.{part}.{rest}"] = value
+        if (ours := llm_key_from_authors(key)) is not None:
+            out[ours] = value
         elif key.startswith(_UNCHANGED):
             out[key] = value
         elif prefix := next((p for p in _TOWER_PREFIXES if key.startswith(p)), None):
@@ -67,18 +89,12 @@ def from_authors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def to_authors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Ours -> the authors' keys (exact inverse of from_authors for the vit_model.* naming)."""
-    inverse = {v: k for k, v in _RENAMES.items()}
     out: dict[str, torch.Tensor] = {}
     tower: dict[str, torch.Tensor] = {}
     connector: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key in inverse:
-            out[inverse[key]] = value
-        elif m := _OUR_LAYER.match(key):
-            layer, expert, part, rest = m.groups()
-            suffix = "_moe_gen" if expert == "gen" else ""
-            scope = "self_attn." if part in _ATTN else ""
-            out[f"language_model.model.layers.{layer}.{scope}{part}{suffix}.{rest}"] = value
+        if (theirs := llm_key_to_authors(key)) is not None:
+            out[theirs] = value
         elif key.startswith(_UNCHANGED):
             out[key] = value
         elif key.startswith("vision.tower."):

@@ -1,8 +1,9 @@
 """Safe checkpoint file handling shared by the UniX and VAE loaders: safetensors only, atomic writes, precise errors.
 
 * `refuse_pickle(path)`: pickled checkpoints (.ckpt, .pt, .pth, .bin, .pkl) are never opened; unpickling can run
-  arbitrary code. The VAE's one-time conversion command (`unix-cxr convert-vae CKPT OUT.safetensors
-  --trust-pickle`) is the only place that unpickles, and only when told to.
+  arbitrary code. The one-time conversion commands (`unix-cxr convert-vae CKPT OUT.safetensors --trust-pickle`,
+  `unix-cxr convert-janus FOLDER --trust-pickle`) are the only places that unpickle (`.pickled`), and only when
+  told to.
 * `read_safetensors(path, skip, allow_non_finite)`: read a .safetensors file, never reading the tensors of skipped
   keys; a file that is not safetensors (garbage, truncated, a header claiming more data than the file holds) is a
   ValueError naming it, and so is a tensor holding NaN or infinity (unless `allow_non_finite`).
@@ -53,7 +54,8 @@ def refuse_pickle(path: str | Path) -> None:
         raise ValueError(
             f"{path}: pickled checkpoints are not loaded (unpickling can run arbitrary code); use a .safetensors "
             "file. For a VAE checkpoint from a source you trust, convert it once with: "
-            "unix-cxr convert-vae CKPT OUT.safetensors --trust-pickle"
+            "unix-cxr convert-vae CKPT OUT.safetensors --trust-pickle (a Janus-Pro folder: "
+            "unix-cxr convert-janus FOLDER --trust-pickle)"
         )
 
 

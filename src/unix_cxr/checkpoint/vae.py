@@ -4,7 +4,7 @@
   is not safetensors, or a tensor holding NaN or infinity (unless `allow_non_finite`), is a ValueError naming it;
 * `convert_pickled_vae` turns the authors' pickled `kl-f16d16.ckpt` into an ldm-layout safetensors file once,
   only when the caller states that the pickle is trusted, and even then only through
-  `torch.load(weights_only=True)` (tensors and plain containers; no full unpickle, ever);
+  `torch.load(weights_only=True)` (tensors and plain containers; no full unpickle, ever; `.pickled`);
 * `save_vae` writes either layout, with the config in the file's metadata.
 """
 
@@ -13,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from ..config import VAEConfig, vae_config_from_ldm_yaml
 from ..model.vae import LatentVAE, build_autoencoder
 from ..utils.atomic import check_output_path
+from .pickled import load_weights_only, require_trust
 from .safetensors_io import (
     PICKLE_SUFFIXES,
     check_finite,
@@ -156,31 +156,6 @@ def save_vae(vae: LatentVAE, path: str | Path, layout: Literal["ldm", "diffusers
     return out
 
 
-def _torch_load(path: Path) -> Any:
-    """`torch.load(path, weights_only=True)`: tensors and plain containers only, never a full unpickle.
-
-    A file that needs anything else (a pickled class, a function) or is no PyTorch checkpoint at all is a
-    ValueError naming it. The authors' kl-f16d16.ckpt loads this way (tested).
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
-        detail = " ".join(detail.split())
-        for cut in (" Please use ", " Check the documentation ", " Please file an issue "):
-            detail = detail.split(cut, 1)[0]
-        if "Unsupported global" not in detail:  # random bytes, a broken pickle stream
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint (corrupt pickle data: {detail[:200]})"
-                             ) from None
-        raise ValueError(f"{path}: does not load with torch.load(weights_only=True) ({detail[:300]}); refusing "
-                         "it: --trust-pickle reads tensors and plain containers only and never unpickles a file "
-                         "fully (docs/weights.md)") from None
-    except Exception as err:  # a truncated zip, an old format torch cannot parse, ...
-        first = " ".join(str(err).split(". ")[0].split())
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first[:300]})") from None
-
-
 def convert_pickled_vae(ckpt_path: str | Path, out_path: str | Path, trust_pickle: bool,
                         allow_non_finite: bool = False) -> Path:
     """Convert a pickled VAE checkpoint (e.g. the authors' kl-f16d16.ckpt) into an ldm-layout safetensors file.
@@ -191,15 +166,13 @@ def convert_pickled_vae(ckpt_path: str | Path, out_path: str | Path, trust_pickl
     `allow_non_finite`; the write is atomic (an existing output is left as it was on any error).
     """
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
-    if not trust_pickle:
-        raise ValueError(f"refusing to unpickle {ckpt_path}: pickled checkpoints can run arbitrary code. "
-                         "Pass trust_pickle=True (CLI: --trust-pickle) only for a file from a source you trust")
+    require_trust(ckpt_path, trust_pickle)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"output {out_path} must end in .safetensors")
     check_output_path(out_path)
     if not ckpt_path.is_file():
         raise ValueError(f"{ckpt_path}: no such file")
-    obj = _torch_load(ckpt_path)
+    obj = load_weights_only(ckpt_path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

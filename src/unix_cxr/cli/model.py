@@ -1,4 +1,5 @@
-"""Model-level commands: `parity DIR`, `convert-vae CKPT OUT --trust-pickle`, `config PRESET`."""
+"""Model-level commands: `parity DIR`, `convert-vae CKPT OUT --trust-pickle`, `convert-janus FOLDER --trust-pickle`,
+`config PRESET`."""
 
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ def _cmd_convert_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_janus(args: argparse.Namespace) -> int:
+    from ..checkpoint.janus import convert_pickled_janus
+
+    out = convert_pickled_janus(args.folder, trust_pickle=args.trust_pickle, allow_non_finite=args.allow_non_finite)
+    log.info("wrote %s", out)
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -68,6 +77,21 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-non-finite", action="store_true",
                    help="convert even if a tensor holds NaN or infinity (refused by default, naming the tensor)")
     p.set_defaults(func=_cmd_convert_vae)
+
+    p = sub.add_parser("convert-janus", help="one-time conversion of a Janus-Pro folder's pickled weights",
+                       description="Convert the pickled weights of a local Janus-Pro folder (pytorch_model.bin, or "
+                                   "the shards of pytorch_model.bin.index.json) into FOLDER/model.safetensors, once, "
+                                   "so that training can start from it (init=FOLDER). Every tensor is kept as it is. "
+                                   "The pickle is read with torch.load(weights_only=True) only: tensors and plain "
+                                   "containers, never a full unpickle; a file that needs more is refused "
+                                   "(docs/weights.md).")
+    p.add_argument("folder", help="the Janus-Pro folder (e.g. weights/Janus-Pro-1B: config.json, pytorch_model.bin)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="required: confirm that the files come from a source you trust (read with "
+                        "torch.load(weights_only=True), as for convert-vae)")
+    p.add_argument("--allow-non-finite", action="store_true",
+                   help="convert even if a tensor holds NaN or infinity (refused by default, naming the tensor)")
+    p.set_defaults(func=_cmd_convert_janus)
 
     p = sub.add_parser("config", help="print a preset configuration as YAML")
     p.add_argument("preset", choices=sorted(PRESETS))

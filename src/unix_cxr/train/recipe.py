@@ -2,7 +2,9 @@
 
     model: tiny                      # a load_config source: preset, recipe file, authors' config.json, release folder
     model_overrides: {}              # dotted overrides of the model config
-    init: null                       # weights to start from: a release folder (ours or the authors'); null = random
+    init: null                       # weights to start from: a release folder (ours or the authors') or a
+                                     # Janus-Pro folder (stage 1); null = random
+    copy_init_moe: true              # from a Janus-Pro folder: generation expert = a copy of the und expert (logged)
     tokenizer: path/to/tokenizer     # a folder with tokenizer.json (transformers' AutoTokenizer, local files only)
     vae: null                        # a VAE folder to copy into the exported release folders
     precision: fp32                  # fp32 | bf16-mixed (fp32 masters, bf16 compute) | bf16 (authors': all bf16)
@@ -209,6 +211,7 @@ class TrainRecipe:
     model: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
+    copy_init_moe: bool = True  # init from a Janus-Pro folder: the generation expert starts as a copy of the und one
     tokenizer: str | None = None
     vae: str | None = None  # a VAE folder copied into every exported release folder (so it can draw images)
     precision: str = "fp32"

@@ -115,10 +115,14 @@ def lr_lambda(stage: StageConfig):
 
 def build_model(recipe: TrainRecipe, cfg: UniXConfig, init: Path | None, d: Dist) -> UniX:
     from ..checkpoint.io import load_authors_weights
+    from ..checkpoint.janus import is_janus_folder, load_janus_init
 
     torch.manual_seed(recipe.seed)  # the same random start on every rank
     model = UniX(cfg)
-    if init is not None:
+    if init is not None and is_janus_folder(init):  # stage 1: its LLM, SigLIP and aligner; gen expert = a copy
+        report = load_janus_init(model, init, copy_to_gen=recipe.copy_init_moe)
+        log.info("weights from the Janus-Pro folder %s: %s", init, report.summary())
+    elif init is not None:
         weights = init / "model.safetensors"
         if not weights.is_file():
             raise ValueError(f"init {init}: no model.safetensors (a release folder or a stage's final/ folder)")
