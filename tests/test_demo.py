@@ -73,17 +73,26 @@ def test_greedy_reports_do_not_depend_on_the_batch_size(pipe, tmp_path):
     assert [r.text for r in one] == [r.text for r in eight]
 
 
+NORMAL_REPORT = ("FINDINGS: The heart is normal in size. The lungs are clear. No pleural effusion. No pneumothorax. "
+                 "IMPRESSION: No acute cardiopulmonary process.")
+
+
 def test_drawn_images_show_the_findings_of_the_report(pipe):
-    """The phantom-finding classifier shipped beside the demo model (its accuracy: docs/training.md) reads the
-    images drawn from the bundled report: cardiomegaly and an effusion."""
+    """The phantom-finding classifier shipped beside the demo model (its accuracy: docs/training.md) reads 16 images
+    drawn from the bundled report (cardiomegaly, a large left effusion) and 16 from a normal report. Measured
+    (docs/usage.md): cardiomegaly in 16/16 against 0/16, the effusion in 9/16 against 0/16 -- the 64 px phantom
+    model draws the effusion about every second time, so the test asks for a clear majority of cardiomegaly and
+    for each finding far more often than from the normal report."""
     from unix_cxr.eval.phantom_classifier import FINDING_LABELS, PhantomClassifier
 
     clf = PhantomClassifier.load(ASSETS / "classifier")
     report = (ASSETS / "report.txt").read_text()
-    images = pipe.generate([report], n=4, seed=0)
-    shown = clf.predict(np.stack([i.pixels for i in images]))
-    wanted = [FINDING_LABELS.index("Cardiomegaly"), FINDING_LABELS.index("Pleural Effusion")]
-    assert shown[:, wanted].mean() >= 0.75
+    shown = {text: clf.predict(np.stack([i.pixels for i in pipe.generate([text], n=16, seed=0)])).mean(0)
+             for text in (report, NORMAL_REPORT)}
+    cardiomegaly, effusion = FINDING_LABELS.index("Cardiomegaly"), FINDING_LABELS.index("Pleural Effusion")
+    assert shown[report][cardiomegaly] >= 0.75
+    for finding in (cardiomegaly, effusion):
+        assert shown[report][finding] - shown[NORMAL_REPORT][finding] >= 0.4, FINDING_LABELS[finding]
 
 
 def test_same_seed_same_images_whatever_the_batch_size(pipe):
