@@ -20,10 +20,22 @@ positive", printed next to it). Precision, recall and F1 are computed over the r
 
 The MeSH check reports, for findings the IU coders tagged as present (``<major>`` tags mapped onto CheXpert
 observations by `MESH_MAP`), how often the labeler also calls them present (recall), and how often a labeler
-positive is backed by a MeSH tag (precision), over all 3,955 reports.
+positive is backed by a MeSH tag (precision), over every report read (3,715: the held-out files are skipped).
 
-Usage: python benchmarks/eval_labeler.py [--split test|dev|all ...] [--dump-errors CLASS] [--speed-reports N]
-``--dump-errors`` logs the dev-split disagreements of one class (for development; the text stays on screen only).
+Our own development labels: CSV files ``benchmarks/labeler_dev/*.csv`` (``--dev-labels DIR``), header ``file`` and
+the 14 CheXpert observations, ``file`` = ``<n>.xml`` of IU report ``CXR<n>``, cells ``1`` / ``0`` / ``-1`` / empty
+(not mentioned). They are scored with the positive class (label 1; uncertain counts as negative): per-class
+precision, recall and F1, micro F1 over the 14 observations, macro F1 over the observations with at least
+`MIN_MACRO_POSITIVES` gold positives, and the four-way agreement (1 / 0 / -1 / not mentioned) over every cell.
+
+The 240 reports of the project's held-out gold set (``../shared/docs/iu_heldout_files.txt``) are never read: they
+are skipped when the IU archive is read, so no table here includes them, and a development CSV that lists one is
+refused.
+
+Usage: python benchmarks/eval_labeler.py [--split test|dev|all ...] [--no-negbio] [--no-mesh] [--dev-labels DIR]
+       [--dump-errors CLASS] [--dump-dev-errors CLASS] [--speed-reports N]
+``--dump-errors`` / ``--dump-dev-errors`` log the disagreements of one class on NegBio's dev split / on our
+development labels (for development; the text stays on screen only).
 """
 
 from __future__ import annotations
@@ -47,6 +59,12 @@ from unix_cxr.eval.labeler import Labeler
 log = logging.getLogger("eval_labeler")
 
 NEGBIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "negbio_openi"
+HELDOUT_LIST = Path(__file__).resolve().parents[2] / "shared" / "docs" / "iu_heldout_files.txt"
+DEV_LABELS_DIR = Path(__file__).resolve().parent / "labeler_dev"
+MIN_MACRO_POSITIVES = 5
+"""An observation enters the development set's macro F1 when it has at least this many gold positives."""
+DEV_VALUES: dict[str, int | None] = {"1": 1, "0": 0, "-1": -1, "": None}
+"""Cells of a development CSV and their labels."""
 
 GOLD_MAP: dict[str, tuple[str, ...]] = {
     "Atelectasis": ("Atelectasis",),
@@ -95,6 +113,8 @@ class Report:
     uid: str
     text: str
     mesh: list[str] = field(default_factory=list)
+    file: str = ""
+    """The IU file name, ``<n>.xml``."""
 
 
 def locate_iu_archive() -> Path:
@@ -110,17 +130,19 @@ def locate_iu_archive() -> Path:
     return path
 
 
-def load_iu_reports(archive: Path | None = None, sections: Iterable[str] = ("FINDINGS", "IMPRESSION")) -> \
-        dict[str, Report]:
-    """Read every IU report from the archive: ``{"CXR<n>": Report}`` with the given sections joined.
+def load_iu_reports(archive: Path | None = None, sections: Iterable[str] = ("FINDINGS", "IMPRESSION"),
+                    exclude: frozenset[str] = frozenset()) -> dict[str, Report]:
+    """Read the IU reports from the archive: ``{"CXR<n>": Report}`` with the given sections joined.
 
     Each section is written as ``"LABEL: text"`` (as the labeler expects report sections), empty ones skipped.
+    Files named in ``exclude`` (``<n>.xml``) are skipped without being read.
     """
     wanted = tuple(sections)
     reports: dict[str, Report] = {}
     with tarfile.open(archive or locate_iu_archive()) as tar:
         for member in tar:
-            if not member.isfile() or not member.name.endswith(".xml"):
+            file_name = Path(member.name).name
+            if not member.isfile() or not file_name.endswith(".xml") or file_name in exclude:
                 continue
             fh = tar.extractfile(member)
             if fh is None:
@@ -133,8 +155,48 @@ def load_iu_reports(archive: Path | None = None, sections: Iterable[str] = ("FIN
             parts = {el.get("Label"): (el.text or "").strip() for el in root.iter("AbstractText")}
             text = " ".join(f"{name}: {parts[name]}" for name in wanted if parts.get(name))
             mesh = [(el.text or "").strip() for el in root.iter("major")] if root.find("MeSH") is not None else []
-            reports[uid] = Report(uid, text, mesh)
+            reports[uid] = Report(uid, text, mesh, file_name)
     return reports
+
+
+def read_heldout(path: Path = HELDOUT_LIST) -> frozenset[str]:
+    """File names (``<n>.xml``) of the held-out gold reports; SystemExit when the list is missing."""
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: cannot keep the held-out reports out of the evaluation")
+    return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def _dev_row(path: Path, line: int, row: dict[str, str | None]) -> dict[str, int | None]:
+    """The 14 labels of one development CSV row; SystemExit on a cell that is not 1, 0, -1 or empty."""
+    labels: dict[str, int | None] = {}
+    for obs in CHEXPERT_LABELS:
+        cell = (row.get(obs) or "").strip()
+        if cell not in DEV_VALUES:
+            raise SystemExit(f"{path}:{line}: {obs} = {cell!r}, expected 1, 0, -1 or empty")
+        labels[obs] = DEV_VALUES[cell]
+    return labels
+
+
+def load_dev_labels(directory: Path, heldout: frozenset[str]) -> dict[str, dict[str, int | None]]:
+    """Development labels ``{"<n>.xml": {observation: 1 | 0 | -1 | None}}`` from ``directory/*.csv``.
+
+    SystemExit when a CSV lacks a column, lists a held-out file, or gives one file two different label sets.
+    """
+    labels: dict[str, dict[str, int | None]] = {}
+    for path in sorted(directory.glob("*.csv")):
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in ("file", *CHEXPERT_LABELS) if c not in (reader.fieldnames or ())]
+            if missing:
+                raise SystemExit(f"{path}: missing column(s) {missing}")
+            for row in reader:
+                name = (row["file"] or "").strip()
+                if name in heldout:
+                    raise SystemExit(f"{path}:{reader.line_num}: {name} is a held-out gold report; remove it")
+                row_labels = _dev_row(path, reader.line_num, row)
+                if labels.setdefault(name, row_labels) != row_labels:
+                    raise SystemExit(f"{path}:{reader.line_num}: {name} is labelled differently in another row")
+    return labels
 
 
 def load_gold(directory: Path = NEGBIO_DIR) -> tuple[dict[str, dict[str, int]], set[str]]:
@@ -244,6 +306,99 @@ def mesh_table(reports: dict[str, Report], pred: dict[str, dict[str, int | None]
     return "\n".join(lines)
 
 
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return tp / (tp + 0.5 * (fp + fn)) if tp + fp + fn else float("nan")
+
+
+def dev_scores(gold: dict[str, dict[str, int | None]], pred: dict[str, dict[str, int | None]]) -> \
+        tuple[dict[str, Counts], dict[str, int]]:
+    """Positive-class counts (label 1 against gold 1) and four-way agreements (cells equal) per observation."""
+    counts = {obs: Counts() for obs in CHEXPERT_LABELS}
+    agree = dict.fromkeys(CHEXPERT_LABELS, 0)
+    for name, truth in gold.items():
+        for obs in CHEXPERT_LABELS:
+            counts[obs].add(truth[obs] == 1, pred[name][obs] == 1)
+            agree[obs] += truth[obs] == pred[name][obs]
+    return counts, agree
+
+
+@dataclass
+class DevSummary:
+    """The headline figures on the development labels."""
+
+    micro: float
+    """F1 of the positive class, counts pooled over the 14 observations."""
+    macro: float
+    """Mean F1 over `macro_classes`."""
+    macro_classes: list[str]
+    """Observations with at least `MIN_MACRO_POSITIVES` gold positives."""
+    agreement: float
+    """Four-way agreement (1 / 0 / -1 / not mentioned) over every cell."""
+    f1: dict[str, float]
+    """Positive-class F1 per observation."""
+
+
+def dev_summary(counts: dict[str, Counts], agree: dict[str, int], n_reports: int) -> DevSummary:
+    """Micro / macro F1 and four-way agreement from `dev_scores`."""
+    tp, fp, fn = (sum(getattr(c, a) for c in counts.values()) for a in ("tp", "fp", "fn"))
+    macro_classes = [obs for obs, c in counts.items() if c.n_pos >= MIN_MACRO_POSITIVES]
+    macro = sum(counts[o].f1 for o in macro_classes) / len(macro_classes) if macro_classes else float("nan")
+    agreement = sum(agree.values()) / (n_reports * len(counts))
+    return DevSummary(_f1(tp, fp, fn), macro, macro_classes, agreement, {o: c.f1 for o, c in counts.items()})
+
+
+def dev_table(gold: dict[str, dict[str, int | None]], pred: dict[str, dict[str, int | None]]) -> str:
+    """Markdown table of the labeler against our development labels: positive class and four-way agreement."""
+    counts, agree = dev_scores(gold, pred)
+    n = len(gold)
+    summary = dev_summary(counts, agree, n)
+    lines = [f"### development labels: {n} reports", "",
+             "| class | gold + | TP | FP | FN | P | R | F1 | four-way agreement |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for obs, c in counts.items():
+        lines.append(f"| {obs} | {c.n_pos} | {c.tp} | {c.fp} | {c.fn} | {c.precision:.3f} | {c.recall:.3f} | "
+                     f"{c.f1:.3f} | {agree[obs] / n:.3f} ({agree[obs]}/{n}) |")
+    tp, fp, fn = (sum(getattr(c, a) for c in counts.values()) for a in ("tp", "fp", "fn"))
+    cells, agreed = n * len(CHEXPERT_LABELS), sum(agree.values())
+    classes = summary.macro_classes
+    lines += ["", f"micro F1 (14 observations, positive class): {summary.micro:.3f} (TP {tp}, FP {fp}, FN {fn})",
+              f"macro F1 ({len(classes)} observations with >= {MIN_MACRO_POSITIVES} gold positives): "
+              f"{summary.macro:.3f}" + (f" over {', '.join(classes)}" if classes else ""),
+              f"four-way agreement (1 / 0 / -1 / not mentioned, all cells): {summary.agreement:.3f} "
+              f"({agreed}/{cells} cells)"]
+    return "\n".join(lines)
+
+
+def dump_dev_errors(obs: str, gold: dict[str, dict[str, int | None]], pred: dict[str, dict[str, int | None]],
+                    reports: dict[str, Report], labeler: Labeler) -> None:
+    """Log every development report whose label of ``obs`` differs from the gold (development only)."""
+    for name, truth in gold.items():
+        if truth[obs] == pred[name][obs]:
+            continue
+        kind = "FN" if truth[obs] == 1 else "FP" if pred[name][obs] == 1 else "4-way"
+        mentions = [m for m in labeler.explain(reports[name].text) if m[0] == obs]
+        log.info("%s %s gold=%s pred=%s\n  %s\n  mentions=%s", kind, name, truth[obs], pred[name][obs],
+                 reports[name].text, mentions)
+
+
+def score_dev(args: argparse.Namespace, heldout: frozenset[str], reports: dict[str, Report],
+              labeler: Labeler) -> None:
+    """Score the labeler against the development CSVs (skipped with a message when there are none)."""
+    gold = load_dev_labels(args.dev_labels, heldout)
+    if not gold:
+        log.info("\nno development labels in %s (*.csv): skipped", args.dev_labels)
+        return
+    by_file = {r.file: r for r in reports.values()}
+    unknown = sorted(set(gold) - set(by_file))
+    if unknown:
+        raise SystemExit(f"{len(unknown)} development file(s) are not IU reports, e.g. {unknown[:3]}")
+    dev_reports = {name: by_file[name] for name in sorted(gold)}
+    pred = dict(zip(dev_reports, labeler.label_many([r.text for r in dev_reports.values()]), strict=True))
+    log.info("\n%s\n", dev_table(gold, pred))
+    if args.dump_dev_errors:
+        dump_dev_errors(args.dump_dev_errors, gold, pred, dev_reports, labeler)
+
+
 def speed(labeler: Labeler, texts: list[str], n: int) -> float:
     """Reports per second of ``labeler.label_many`` on ``n`` reports (cycled from ``texts``), this process pinned to
     one CPU core where the platform allows it."""
@@ -274,39 +429,55 @@ def main(argv: list[str] | None = None) -> int:
     """Print the tables (markdown) and the speed; exit status 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", nargs="+", choices=["test", "dev", "all"], default=["test", "dev", "all"])
+    parser.add_argument("--no-negbio", action="store_true", help="skip the NegBio gold tables")
     parser.add_argument("--no-mesh", action="store_true", help="skip the MeSH agreement table")
     parser.add_argument("--dump-errors", metavar="CLASS", help="log dev-split disagreements of one CheXpert class")
+    parser.add_argument("--dev-labels", type=Path, default=DEV_LABELS_DIR, metavar="DIR",
+                        help="folder of development label CSVs (default: %(default)s)")
+    parser.add_argument("--dump-dev-errors", metavar="CLASS", choices=CHEXPERT_LABELS,
+                        help="log the development reports whose label of one CheXpert class differs from the gold")
+    parser.add_argument("--heldout-list", type=Path, default=HELDOUT_LIST, help=argparse.SUPPRESS)
     parser.add_argument("--speed-reports", type=int, default=20000, help="reports to time (0: skip)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if args.dump_errors and args.dump_errors not in GOLD_MAP:
+        raise SystemExit(f"--dump-errors: one of {list(GOLD_MAP)}")
 
-    reports = load_iu_reports()
-    gold, test_ids = load_gold()
-    missing = sorted(set(gold) - set(reports))
-    if missing:
-        raise SystemExit(f"{len(missing)} gold ids have no IU report, e.g. {missing[:3]}")
+    heldout = read_heldout(args.heldout_list)
+    load_dev_labels(args.dev_labels, heldout)  # refuse a held-out file before any report is read
+    reports = load_iu_reports(exclude=heldout)
     labeler = Labeler()
     uids = sorted(reports)
     pred = dict(zip(uids, labeler.label_many([reports[u].text for u in uids]), strict=True))
     assert all(set(p) == set(CHEXPERT_LABELS) for p in pred.values())
-
-    splits = {"test": sorted(test_ids & set(gold)), "dev": sorted(set(gold) - test_ids), "all": sorted(gold)}
-    log.info("labeler input: FINDINGS + IMPRESSION of each IU report; positive = label 1 (u=neg) "
-             "or label in {1, -1} (u=pos); gold positive = NegBio gold column(s) = 1")
-    for name in args.split:
-        log.info("\n%s\n", table(name, splits[name], gold, pred))
+    log.info("IU reports read: %d (%d held-out gold files skipped); labeler input: FINDINGS + IMPRESSION",
+             len(reports), len(heldout))
+    if not args.no_negbio:
+        negbio(args, reports, pred, labeler)
     if not args.no_mesh:
         log.info("\n%s\n", mesh_table(reports, pred))
-    if args.dump_errors:
-        if args.dump_errors not in GOLD_MAP:
-            raise SystemExit(f"--dump-errors: one of {list(GOLD_MAP)}")
-        dump_errors(args.dump_errors, splits["dev"], reports, gold, pred, labeler)
+    score_dev(args, heldout, reports, labeler)
     if args.speed_reports:
         rate = speed(labeler, [reports[u].text for u in uids], args.speed_reports)
         mean_chars = sum(len(r.text) for r in reports.values()) / len(reports)
         log.info("speed: %.0f reports/s (label_many, one process on one core, %d IU reports of %.0f characters "
                  "on average)", rate, args.speed_reports, mean_chars)
     return 0
+
+
+def negbio(args: argparse.Namespace, reports: dict[str, Report], pred: dict[str, dict[str, int | None]],
+           labeler: Labeler) -> None:
+    """The NegBio gold tables of the chosen splits (and ``--dump-errors``)."""
+    gold, test_ids = load_gold()
+    missing = sorted(set(gold) - set(reports))
+    if missing:
+        raise SystemExit(f"{len(missing)} gold ids have no IU report, e.g. {missing[:3]}")
+    splits = {"test": sorted(test_ids & set(gold)), "dev": sorted(set(gold) - test_ids), "all": sorted(gold)}
+    log.info("positive = label 1 (u=neg) or label in {1, -1} (u=pos); gold positive = NegBio gold column(s) = 1")
+    for name in args.split:
+        log.info("\n%s\n", table(name, splits[name], gold, pred))
+    if args.dump_errors:
+        dump_errors(args.dump_errors, splits["dev"], reports, gold, pred, labeler)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ CASES: list[tuple[str, dict[str, int | None]]] = [
     # Enlarged Cardiomediastinum
     ("The mediastinum is widened.", {"Enlarged Cardiomediastinum": 1}),
     ("Widening of the superior mediastinum.", {"Enlarged Cardiomediastinum": 1}),
-    ("Normal cardiomediastinal silhouette.", {"Enlarged Cardiomediastinum": 0, "Cardiomegaly": None}),
+    ("Normal cardiomediastinal silhouette.", {"Enlarged Cardiomediastinum": 0, "Cardiomegaly": 0}),
     ("Mediastinal and hilar contours are unremarkable.", {"Enlarged Cardiomediastinum": 0}),
     ("No mediastinal widening.", {"Enlarged Cardiomediastinum": 0}),
     ("Possible mediastinal widening, likely due to rotation.", {"Enlarged Cardiomediastinum": -1}),
@@ -38,12 +38,12 @@ CASES: list[tuple[str, dict[str, int | None]]] = [
     ("The heart is not enlarged.", {"Cardiomegaly": 0}),
     ("Heart size is at the upper limits of normal.", {"Cardiomegaly": 0}),
     ("No cardiomegaly.", {"Cardiomegaly": 0}),
-    ("Borderline cardiomegaly.", {"Cardiomegaly": 1}),
+    ("Borderline cardiomegaly.", {"Cardiomegaly": -1}),
     ("Heart size is stable.", {"Cardiomegaly": -1}),
     ("Stable mild cardiomegaly.", {"Cardiomegaly": 1}),
     ("Heart size is normal and stable.", {"Cardiomegaly": 0}),
     ("The heart may be mildly enlarged.", {"Cardiomegaly": -1}),
-    ("Findings consistent with congestive heart failure.", {"Edema": 1, "Cardiomegaly": -1}),
+    ("Findings consistent with congestive heart failure.", {"Edema": 1, "Cardiomegaly": None}),
     ("Cardiac and mediastinal contours are within normal limits.",
      {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0}),
     # Lung Opacity
@@ -57,7 +57,7 @@ CASES: list[tuple[str, dict[str, int | None]]] = [
     # Lung Lesion
     ("There is a 1.2 cm nodule in the right upper lobe.", {"Lung Lesion": 1}),
     ("Right hilar mass.", {"Lung Lesion": 1}),
-    ("Nodular opacity in the left midlung.", {"Lung Lesion": 1, "Lung Opacity": None}),
+    ("Nodular opacity in the left midlung.", {"Lung Lesion": 1, "Lung Opacity": 1}),
     ("No suspicious pulmonary nodules or masses.", {"Lung Lesion": 0}),
     ("Cannot exclude a small pulmonary nodule.", {"Lung Lesion": -1}),
     ("Calcified granuloma in the right lower lobe.", {"Lung Lesion": None}),
@@ -103,7 +103,7 @@ CASES: list[tuple[str, dict[str, int | None]]] = [
     ("No change in the small left pleural effusion.", {"Pleural Effusion": 1}),
     ("Interval resolution of the right effusion.", {"Pleural Effusion": 0}),
     ("Near complete resolution of the right effusion.", {"Pleural Effusion": 1}),
-    ("Blunting of the right costophrenic angle.", {"Pleural Effusion": -1}),
+    ("Blunting of the right costophrenic angle.", {"Pleural Effusion": None, "Pleural Other": 1}),
     ("Small pericardial effusion.", {"Pleural Effusion": None}),
     ("Large left hydropneumothorax.", {"Pleural Effusion": 1, "Pneumothorax": 1}),
     # Pleural Other
@@ -125,7 +125,7 @@ CASES: list[tuple[str, dict[str, int | None]]] = [
     ("The nasogastric tube has been removed.", {"Support Devices": 0}),
     ("Interval removal of the chest tube.", {"Support Devices": 0}),
     ("NG tube courses below the diaphragm, tip not visualized.", {"Support Devices": 1}),
-    ("Cholecystectomy clips.", {"Support Devices": None}),
+    ("Cholecystectomy clips.", {"Support Devices": 1}),
 ]
 
 SCOPE_CASES: list[tuple[str, dict[str, int | None]]] = [
@@ -197,7 +197,7 @@ def test_label_many_and_explain() -> None:
     labeler = Labeler()
     texts = [c[0] for c in CASES]
     assert labeler.label_many(texts) == [label_report(t) for t in texts]
-    why = labeler.explain("Cannot exclude pneumonia.")
+    why = labeler.explain("Cannot exclude pneumonia.")  # more conventions: tests/test_labeler_conventions.py
     assert why == [("Pneumonia", "pneumonia", -1, "pre-negation uncertainty")]
 
 
@@ -335,8 +335,9 @@ def _eval_module():
 @pytest.fixture(scope="module")
 def iu():
     module = _eval_module()
+    heldout = module.read_heldout() if module.HELDOUT_LIST.is_file() else frozenset()
     try:
-        reports = module.load_iu_reports()
+        reports = module.load_iu_reports(exclude=heldout)  # the held-out gold reports are never read
     except FileNotFoundError as err:
         pytest.skip(f"IU X-Ray reports not available: {err}")
     return module, reports
@@ -359,11 +360,15 @@ def test_iu_reports_aggregate(iu) -> None:
         called = [u for u in uids if pred[u][obs] == 1]
         recall = sum(pred[u][obs] == 1 for u in tagged) / len(tagged)
         precision = sum(obs in module.mesh_present(reports[u].mesh) for u in called) / len(called)
-        assert recall > 0.75 and precision > 0.75, (obs, recall, precision)
+        # MeSH codes no surgical clips, sutures or masked sternotomy wires as devices, the conventions do
+        floor = 0.6 if obs == "Support Devices" else 0.75
+        assert recall > 0.75 and precision > floor, (obs, recall, precision)
 
 
 def test_negbio_gold_dev_split(iu) -> None:
-    """Micro F1 over the strict classes on NegBio's non-test ids stays in the range measured in docs/labeler.md."""
+    """Micro F1 over the strict classes on NegBio's non-test ids stays in the range measured in docs/labeler.md
+    (below the labeler's earlier 0.86: NegBio's gold counts calcified nodules, borderline hearts and masked hedges
+    positive, the project's conventions do not)."""
     module, reports = iu
     if not (module.NEGBIO_DIR / "openi_gold_std14.csv").is_file():
         pytest.skip(f"{module.NEGBIO_DIR} is not present")
@@ -373,4 +378,19 @@ def test_negbio_gold_dev_split(iu) -> None:
     counts = module.score(dev, gold, pred, uncertain_positive=False)
     strict = [o for o in module.GOLD_MAP if o not in module.APPROXIMATE and o != "No Finding"]
     micro, _ = module.micro_macro(counts, strict)
-    assert micro > 0.8
+    assert micro > 0.75
+
+
+def test_development_labels_targets(iu) -> None:
+    """On our own development labels (benchmarks/labeler_dev, when present) the labeler meets issue 10's targets."""
+    module, reports = iu
+    if not module.HELDOUT_LIST.is_file():
+        pytest.skip(f"{module.HELDOUT_LIST} is not present")
+    gold = module.load_dev_labels(module.DEV_LABELS_DIR, module.read_heldout())
+    if not gold:
+        pytest.skip(f"no development labels in {module.DEV_LABELS_DIR}")
+    by_file = {r.file: r for r in reports.values()}
+    pred = {name: label_report(by_file[name].text) for name in gold}
+    summary = module.dev_summary(*module.dev_scores(gold, pred), len(gold))
+    assert summary.micro >= 0.93 and summary.macro >= 0.90 and summary.agreement >= 0.93, summary
+    assert summary.f1["Support Devices"] >= 0.90, summary
