@@ -158,15 +158,16 @@ def _cmd_images(args: argparse.Namespace) -> int:
 
 
 def _cmd_cycle(args: argparse.Namespace) -> int:
-    import torch
 
     from ..checkpoint.release import load_release
+    from ..checkpoint.safetensors_io import stored_float_dtype
     from ..config import SpecialTokens
     from ..data.imageio import read_image
     from ..data.transforms import as_uint8_grey
     from ..eval import cards, cycle, plots, runner
     from ..infer.pipeline import UniXPipeline
     from ..utils.devices import resolve_device
+    from ..utils.dtype_policy import choose_dtype
     from ..utils.provenance import sha256_file, sha256_file_list
 
     device = resolve_device(args.device)  # before any work
@@ -184,8 +185,9 @@ def _cmd_cycle(args: argparse.Namespace) -> int:
             paths, "reading images", not args.no_progress, unit="image")}
         inputs = {"images": {"dir": str(args.images), "n_images": len(paths),
                              "file_list_sha256": sha256_file_list(paths)}}
-    dtype = {"auto": torch.float32 if device.type == "cpu" else torch.bfloat16, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    choice = choose_dtype(args.dtype, device, stored_float_dtype(Path(args.release) / "model.safetensors"))
+    log.info("%s runs in %s", args.release, choice.describe())
+    dtype = choice.dtype
     tokens = SpecialTokens(*args.special_tokens) if args.special_tokens else None
     release = load_release(args.release, dtype=dtype, device=device, tokens=tokens)
     pipeline = UniXPipeline(
@@ -310,7 +312,7 @@ def _add_cycle_cli(sub: argparse._SubParsersAction) -> None:
                    help="special-token ids, for a model with another vocabulary than the released one")
     p.add_argument("--batch-size", type=int, default=4, help="images or reports per engine call (default 4)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                   help="model dtype (auto: float32 on cpu, bfloat16 elsewhere)")
+                   help="model dtype (auto: the one policy of docs/usage.md, chosen for the device and the weights)")
     p.add_argument("--device", default="cpu", help="torch device for the model, CheXbert and the encoder")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

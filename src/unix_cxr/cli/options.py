@@ -16,7 +16,8 @@ def add_model_options(p: argparse.ArgumentParser, default_batch: int = 4) -> Non
                         "tokenizer files) or 'demo', the small phantom model shipped in the package (default)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                   help="weights and compute dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+                   help="weights and compute dtype (auto: bfloat16 on CUDA and on native-bf16 CPUs for bf16 "
+                        "weights, else float32; docs/usage.md)")
     p.add_argument("--batch-size", type=int, default=default_batch, help="images or reports per model call")
 
 

@@ -35,6 +35,7 @@ from PIL import Image as PILImage
 
 from ..config import DecodingConfig, SamplingConfig, SpecialTokens
 from ..data.writers import FINDINGS_AND_IMPRESSION, IMAGE_TOKEN, PROMPT_TEMPLATES
+from ..utils.dtype_policy import choose_dtype
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ def demo_model_path() -> Path:
 
     return Path(str(files("unix_cxr").joinpath("assets", "demo", "model")))
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -90,18 +90,12 @@ class Image:
     seconds: float
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
-    """``"auto"`` (bfloat16 on CUDA, float32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"`` or a floating
-    torch dtype -> the torch dtype. ValueError for anything else."""
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype must be 'auto', {', '.join(repr(d) for d in _DTYPES)} or a torch dtype, got {dtype!r}")
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu",
+                  stored: torch.dtype | None = None) -> torch.dtype:
+    """The dtype the pipeline runs in: :func:`unix_cxr.utils.dtype_policy.choose_dtype` (``"auto"``: bfloat16 on
+    CUDA with bf16 arithmetic and on native-bf16 CPUs for bf16-stored weights, float32 otherwise; an explicit
+    ``"float32"``, ``"bfloat16"``, ``"float16"`` or torch dtype as given). ValueError for anything else."""
+    return choose_dtype(dtype, device, stored).dtype
 
 
 def t2i_prompt(report: str) -> str:
@@ -310,8 +304,10 @@ class UniXPipeline:
                 says so in the log and its outputs mean nothing. An existing folder wins over a preset of the same
                 name.
             device: where the model runs.
-            dtype: ``"auto"`` (for now: bfloat16 on CUDA, float32 on CPU and any other device; a fuller policy
-                will come later), ``"float32"``, ``"bfloat16"``, ``"float16"`` or a torch dtype.
+            dtype: ``"auto"`` (the one policy, :mod:`unix_cxr.utils.dtype_policy`: bfloat16 on CUDA with bf16
+                arithmetic, and on a CPU with native bf16 when the weights are stored in bfloat16; float32
+                otherwise; the choice and its reason are logged), ``"float32"``, ``"bfloat16"``, ``"float16"`` or a
+                torch dtype.
             tokenizer: overrides the folder's tokenizer; required for a preset (it has none).
             special_tokens: ``SpecialTokens`` or ``(bos, eos, boi, eoi)`` ids, for a model with another vocabulary
                 than the released one (the folder's files don't say).
@@ -321,7 +317,7 @@ class UniXPipeline:
 
         Raises ValueError for a folder without weights, an unknown dtype or bad settings.
         """
-        torch_dtype = resolve_dtype(dtype, device)
+        choose_dtype(dtype, device)  # a bad dtype fails before any file is read
         if special_tokens is not None and not isinstance(special_tokens, SpecialTokens):
             special_tokens = SpecialTokens(*special_tokens)
         path = Path(path_or_preset)
@@ -332,6 +328,7 @@ class UniXPipeline:
                                  "unix-cxr, or pass a release folder")
             settings.setdefault("name", "UniX phantom demo (synthetic training data)")
         if isinstance(path_or_preset, str) and path_or_preset in RANDOM_PRESETS and not path.exists():
+            torch_dtype = choose_dtype(dtype, device).dtype
             model, vae = _random_preset(path_or_preset, torch_dtype, device, special_tokens, init_seed)
             log.warning("UniX preset %r with RANDOM weights (init seed %d): for tests only, its reports and images "
                         "mean nothing", path_or_preset, init_seed)
@@ -340,8 +337,11 @@ class UniXPipeline:
                 raise ValueError(f"preset {path_or_preset!r} has no tokenizer: pass tokenizer=...")
             return cls(model, vae, tokenizer, **settings)
         from ..checkpoint.release import load_release
+        from ..checkpoint.safetensors_io import stored_float_dtype
 
-        release = load_release(path, dtype=torch_dtype, device=device, tokens=special_tokens)
+        choice = choose_dtype(dtype, device, stored_float_dtype(path / "model.safetensors"))
+        log.info("%s runs in %s", path, choice.describe())
+        release = load_release(path, dtype=choice.dtype, device=device, tokens=special_tokens)
         return cls(release.model, release.vae, tokenizer if tokenizer is not None else release.tokenizer, **settings)
 
     @staticmethod
