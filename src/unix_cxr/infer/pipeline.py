@@ -36,6 +36,7 @@ from PIL import Image as PILImage
 from ..config import DecodingConfig, SamplingConfig, SpecialTokens
 from ..data.writers import FINDINGS_AND_IMPRESSION, IMAGE_TOKEN, PROMPT_TEMPLATES
 from ..utils.dtype_policy import choose_dtype
+from .quantize import QUANTIZE_CHOICES, quantize_decoding
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class UniXPipeline:
     def from_pretrained(cls, path_or_preset: str | os.PathLike, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "auto", *, tokenizer: Any = None,
                         special_tokens: SpecialTokens | Sequence[int] | None = None, init_seed: int = 0,
-                        **settings: Any) -> UniXPipeline:
+                        quantize: str = "none", **settings: Any) -> UniXPipeline:
         """A pipeline of a local release folder, or of a preset with random weights.
 
         Args:
@@ -312,12 +313,16 @@ class UniXPipeline:
             special_tokens: ``SpecialTokens`` or ``(bos, eos, boi, eoi)`` ids, for a model with another vocabulary
                 than the released one (the folder's files don't say).
             init_seed: seed of a preset's random weights (the global RNG is left untouched).
+            quantize: ``"none"`` or ``"int8"``: weight-only int8 for report decoding
+                (:func:`unix_cxr.infer.quantize.quantize_decoding`; image generation keeps its weights).
             settings: the keyword arguments of the constructor (``decoding``, ``sampling``, ``image_size``,
                 ``batch_size``, ``labeler``, ...).
 
         Raises ValueError for a folder without weights, an unknown dtype or bad settings.
         """
-        choose_dtype(dtype, device)  # a bad dtype fails before any file is read
+        choose_dtype(dtype, device)  # a bad dtype or quantize mode fails before any file is read
+        if quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
         if special_tokens is not None and not isinstance(special_tokens, SpecialTokens):
             special_tokens = SpecialTokens(*special_tokens)
         path = Path(path_or_preset)
@@ -330,6 +335,7 @@ class UniXPipeline:
         if isinstance(path_or_preset, str) and path_or_preset in RANDOM_PRESETS and not path.exists():
             torch_dtype = choose_dtype(dtype, device).dtype
             model, vae = _random_preset(path_or_preset, torch_dtype, device, special_tokens, init_seed)
+            quantize_decoding(model, quantize)
             log.warning("UniX preset %r with RANDOM weights (init seed %d): for tests only, its reports and images "
                         "mean nothing", path_or_preset, init_seed)
             settings.setdefault("name", f"UniX {path_or_preset} (random weights)")
@@ -342,6 +348,7 @@ class UniXPipeline:
         choice = choose_dtype(dtype, device, stored_float_dtype(path / "model.safetensors"))
         log.info("%s runs in %s", path, choice.describe())
         release = load_release(path, dtype=choice.dtype, device=device, tokens=special_tokens)
+        quantize_decoding(release.model, quantize)
         return cls(release.model, release.vae, tokenizer if tokenizer is not None else release.tokenizer, **settings)
 
     @staticmethod
@@ -403,7 +410,7 @@ class UniXPipeline:
         pixels = [siglip_transform(_grey_input(img, i), vision, pad=self.pad) for i, img in enumerate(items)]
         decoding = replace(self.reporter.decoding, **self.decoding)
         steps = decoding.max_new_tokens
-        device = self.model.lm_head.weight.device
+        device = self.model.decoder.embed_tokens.weight.device
         generator = torch.Generator(device=device).manual_seed(self.read_seed) if decoding.do_sample else None
         out: list[Report] = []
         for start in self._batches(len(pixels), f"{self.name}: reading"):

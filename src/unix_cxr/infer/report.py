@@ -73,7 +73,7 @@ class ReportGenerator:
         b = pixel_values.shape[0]
         if len(prompt_blocks) != b:
             raise ValueError(f"{b} images but {len(prompt_blocks)} prompts")
-        device = model.lm_head.weight.device
+        device = model.decoder.embed_tokens.weight.device
         vis = model.embed_images(pixel_values.to(device))  # (B, N, D)
         markers = model.embed_text(torch.tensor([tok.start_of_image, tok.end_of_image], device=device))
         image = torch.cat([markers[0].expand(b, 1, -1), vis, markers[1].expand(b, 1, -1)], dim=1)

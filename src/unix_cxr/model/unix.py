@@ -96,7 +96,7 @@ class UniX(nn.Module):
 
     # ---- the packed forward ------------------------------------------------------------------------------
     def forward(self, inputs: PackedInputs, keep_hidden_states: bool = False) -> UniXOutput:
-        device, dtype = self.lm_head.weight.device, self.lm_head.weight.dtype
+        device, dtype = self.decoder.embed_tokens.weight.device, self.decoder.embed_tokens.weight.dtype
         n, dim = inputs.position_ids.numel(), self.cfg.decoder.hidden_size
         seq = torch.zeros(n, dim, device=device, dtype=dtype)
         seq = seq.index_copy(0, inputs.text_indexes.to(device), self.embed_text(inputs.text_ids.to(device)))
@@ -125,7 +125,7 @@ class UniX(nn.Module):
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, num_patches, D) vision tokens."""
-        return self.vision(pixel_values.to(self.lm_head.weight.dtype))
+        return self.vision(pixel_values.to(self.decoder.embed_tokens.weight.dtype))
 
     def embed_latents(self, x_t: torch.Tensor, t: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Noisy latent tokens (N, C), their timesteps (N,) and latent table rows (N,) -> (N, D)."""
