@@ -62,3 +62,18 @@ def write_release(folder: Path, cfg, tokenizer) -> Path:
     (folder / "vae" / "config.yaml").write_text(yaml.safe_dump(ldm_vae_yaml(cfg.vae)))
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def load_benchmark(name: str):
+    """The module of benchmarks/<name>.py (benchmarks are scripts, not a package), loaded once per session."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -7,12 +7,11 @@ only aggregate properties; no report text is stored here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from unix_cxr.chexpert import CHEXPERT_LABELS, check_labels
 from unix_cxr.cli import main
@@ -325,11 +324,7 @@ def test_cli_every_line_fails_keeps_the_old_output(tmp_path: Path, capsys: pytes
 # --- real reports (aggregate properties only) -------------------------------------------------------------------
 
 def _eval_module():
-    spec = importlib.util.spec_from_file_location("eval_labeler", ROOT / "benchmarks" / "eval_labeler.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return sys.modules[spec.name]
+    return load_benchmark("eval_labeler")
 
 
 @pytest.fixture(scope="module")

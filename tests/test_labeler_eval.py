@@ -4,13 +4,12 @@ the tests."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from unix_cxr.chexpert import CHEXPERT_LABELS
 
@@ -20,11 +19,7 @@ HEADER = "file," + ",".join(CHEXPERT_LABELS)
 
 @pytest.fixture(scope="module")
 def ev():
-    spec = importlib.util.spec_from_file_location("eval_labeler", ROOT / "benchmarks" / "eval_labeler.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return sys.modules[spec.name]
+    return load_benchmark("eval_labeler")
 
 
 def _row(name: str, **cells: str) -> str:
