@@ -238,7 +238,14 @@ def test_generate_on_step_counts_the_euler_updates(pipe):
     assert calls == [(1, 3), (2, 3), (3, 3)]
     calls.clear()
     pipe.generate(REPORTS, n=2, seed=0, steps=4, on_step=lambda step, total: calls.append((step, total)))
-    assert calls == [(i, 6) for i in range(1, 7)]  # 4 images, batch_size 2: two batches of 3 updates
+    assert calls == [(i, 12) for i in range(1, 13)]  # 4 images, each sampled alone (batch-invariant): 4 x 3
+    calls.clear()
+    pipe.batch_invariant = False
+    try:
+        pipe.generate(REPORTS, n=2, seed=0, steps=4, on_step=lambda step, total: calls.append((step, total)))
+    finally:
+        pipe.batch_invariant = True
+    assert calls == [(i, 6) for i in range(1, 7)]  # batch_size 2, rows together: two batches of 3 updates
     calls.clear()
     pipe.generate(REPORTS[:1], seed=0, on_step=lambda step, total: calls.append((step, total)))
     assert calls == [(1, 2), (2, 2)]  # the pipeline's sampling setting: num_timesteps 3

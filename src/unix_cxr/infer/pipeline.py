@@ -246,6 +246,10 @@ class UniXPipeline:
         pad: how an image is squared for SigLIP (``unix_cxr.data.transforms.siglip_transform``; "white" as the
             authors' evaluation).
         batch_size: images (or reports) per engine call.
+        batch_invariant: drawing only. True (default): each image of a batch is sampled and decoded on its own, so
+            an image is bit-identical whatever ``batch_size`` (batched float kernels round a row differently with
+            other rows beside it). False: the rows of a batch go through the model together (more throughput on
+            a GPU); same-seed images then differ by about a grey level between batch sizes.
         read_seed: seed of ``report``/``read`` when decoding samples (``do_sample``); greedy decoding needs none. With
             sampling the texts also depend on ``batch_size`` (one generator across each batch).
         progress: a progress bar over the batches.
@@ -260,7 +264,8 @@ class UniXPipeline:
     def __init__(self, model: Any, vae: Any, tokenizer: Any, *, report_prompt: str = DEFAULT_REPORT_PROMPT,
                  decoding: Mapping[str, Any] | None = None, sampling: Mapping[str, Any] | None = None,
                  image_size: int | None = None, pad: str = "white", batch_size: int = 4, read_seed: int = 0,
-                 progress: bool = False, name: str = "UniX", labeler: Any = None) -> None:
+                 progress: bool = False, name: str = "UniX", labeler: Any = None,
+                 batch_invariant: bool = True) -> None:
         from ..data.sources import as_tokenize
         from ..data.transforms import SIGLIP_PADS, vae_size
         from .image import ImageGenerator
@@ -285,6 +290,7 @@ class UniXPipeline:
         self.batch_size = batch_size
         self.read_seed = read_seed
         self.progress = progress
+        self.batch_invariant = batch_invariant
         self._encode = as_tokenize(tokenizer)
         self.prompt_ids = self._encode(self.report_prompt)
         self.reporter = ReportGenerator(model)
@@ -454,7 +460,7 @@ class UniXPipeline:
             cfg: text classifier-free-guidance scale (``cfg_text_scale``; 1 turns guidance off).
             size: side of the images (a multiple of the VAE factor, 16; default the pipeline's ``image_size``).
             on_step: called after each Euler update with ``(done, total)``, counted over the whole call: ``total`` =
-                ``(steps - 1)`` x the number of batches.
+                ``(steps - 1)`` x the number of sampler calls (images; batches when not ``batch_invariant``).
 
         Raises ValueError for a report that is not a string, ``n < 1``, a bad seed, ``steps < 2``, a size the VAE or
         the latent table cannot take, or a pipeline without VAE.
@@ -495,17 +501,22 @@ class UniXPipeline:
         prompt_of = [p for p in prompts for _ in range(n)]
         generator = torch.Generator().manual_seed(int(seed))
         updates = settings.num_timesteps - 1
-        total = updates * len(range(0, len(ids), self.batch_size))
+        calls = len(ids) if self.batch_invariant else len(range(0, len(ids), self.batch_size))
+        total, done = updates * calls, 0
         out: list[Image] = []
-        for batch, start in enumerate(self._batches(len(ids), f"{self.name}: drawing")):
+        for start in self._batches(len(ids), f"{self.name}: drawing"):
             chunk = ids[start:start + self.batch_size]
             began = time.perf_counter()
-            callback = None
-            if on_step is not None:
-                def callback(step: int, _total: int, done: int = batch * updates) -> None:
-                    on_step(done + step, total)
-            latents = self.drawer.sample(chunk, side, side, generator=generator, on_step=callback, **overrides)
-            pixels = to_uint8_hwc(self.vae.decode(latents.to(self.vae.dtype))).cpu().numpy()
+            parts = []
+            for rows in ([[row] for row in chunk] if self.batch_invariant else [chunk]):
+                callback = None
+                if on_step is not None:
+                    def callback(step: int, _total: int, before: int = done) -> None:
+                        on_step(before + step, total)
+                latents = self.drawer.sample(rows, side, side, generator=generator, on_step=callback, **overrides)
+                parts.append(to_uint8_hwc(self.vae.decode(latents.to(self.vae.dtype))).cpu().numpy())
+                done += updates
+            pixels = np.concatenate(parts)
             seconds = (time.perf_counter() - began) / len(chunk)
             out += [Image(np.ascontiguousarray(a), int(seed), prompt_of[start + k], seconds)
                     for k, a in enumerate(pixels)]
