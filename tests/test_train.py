@@ -396,3 +396,19 @@ def make_paths(reference: Path) -> dict[str, Path]:
     cap = r["stages"]["gen_pt"]["data"]["groups"]["t2i"]
     return {"chat": Path(chat["path"]), "images": Path(chat["image_root"]), "captions": Path(cap["path"]),
             "latents": Path(cap["latents"]), "tokenizer": Path(r["tokenizer"]), "vae": Path(r["vae"])}
+
+
+def test_only_rank_0_reads_the_initial_weights(reference, tmp_path):
+    """Under torchrun the other ranks build the model on the meta device and get their shard from rank 0
+    (parallel.fill_shards; the two-process test above checks the values): they never open the weight file."""
+    from unix_cxr.config import load_config
+    from unix_cxr.train.parallel import Dist
+    from unix_cxr.train.trainer import build_model
+
+    recipe = load_recipe(reference / "recipe.yaml")
+    cfg = load_config(recipe.model)
+    missing = tmp_path / "no-such-release"
+    other = build_model(recipe, cfg, missing, Dist(rank=1, world_size=2))
+    assert all(p.is_meta for p in other.parameters())
+    with pytest.raises(ValueError, match=r"no model\.safetensors"):
+        build_model(recipe, cfg, missing, Dist(rank=0, world_size=2))

@@ -91,6 +91,11 @@ class UniX(nn.Module):
         self.vit_pos_embed.pos_embed.copy_(sincos_2d_table(self.cfg.vit_max_num_patch_per_side, d))
         if self.with_generation:
             self.latent_pos_embed.pos_embed.copy_(sincos_2d_table(self.cfg.max_latent_size, d))
+        self.reset_buffers()
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Refill the buffers that no state dict carries (SigLIP's position ids), e.g. after `to_empty`."""
         ids = self.vision.tower.embeddings.position_ids
         ids.copy_(torch.arange(ids.shape[-1], device=ids.device).expand_as(ids))
 

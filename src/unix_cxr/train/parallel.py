@@ -4,7 +4,9 @@
 else a process group (nccl on CUDA, gloo on CPU). `wrap_layers` adds activation checkpointing (non-reentrant,
 per decoder layer and SigLIP layer) and `torch.compile` (per decoder layer) to a plain model; then `shard`
 applies FSDP2 (`fully_shard` on every decoder layer, then on the root; `UniX.forward` runs every parameter
-inside the root's forward) with an optional bf16 compute policy over fp32 master weights. Reductions of token
+inside the root's forward) with an optional bf16 compute policy over fp32 master weights; `fill_shards` then gives
+every rank its shard of rank 0's weights (only rank 0 reads the weight file; the others build on the meta
+device and hold only their shard). Reductions of token
 counts go through `all_reduce_sum`.
 """
 
@@ -113,4 +115,17 @@ def wrap_layers(model: nn.Module, *, activation_checkpointing: bool, compile: bo
         for layer in decoder:
             layer.compile()
         log.info("torch.compile: %d decoder layers", len(decoder))
+    return model
+
+
+def fill_shards(model: nn.Module, full_state: dict | None, d: Dist) -> nn.Module:
+    """After `shard`: rank 0's full state dict (`full_state`, None on the other ranks) broadcast into every
+    rank's shards; ranks whose model was built on the meta device get their storage here first."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if not d.is_main:
+        model.to_empty(device=d.device)
+    set_model_state_dict(model, full_state if d.is_main else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    model.reset_buffers()
     return model

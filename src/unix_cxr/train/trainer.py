@@ -42,7 +42,7 @@ from .ema import EMA
 from .freeze import apply_freeze
 from .lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from .objectives import draw_flow_inputs, training_forward, window_counts
-from .parallel import Dist, shard, wrap_layers
+from .parallel import Dist, fill_shards, shard, wrap_layers
 from .phantom_data import prepare_phantom_data
 from .recipe import StageConfig, TrainRecipe, save_recipe
 from .repa import RepaTerm
@@ -117,7 +117,11 @@ def build_model(recipe: TrainRecipe, cfg: UniXConfig, init: Path | None, d: Dist
     from ..checkpoint.io import load_authors_weights
     from ..checkpoint.janus import is_janus_folder, load_janus_init
 
-    torch.manual_seed(recipe.seed)  # the same random start on every rank
+    torch.manual_seed(recipe.seed)
+    if not d.is_main:  # FSDP2: its shard of rank 0's weights arrives after sharding (parallel.fill_shards)
+        with torch.device("meta"):
+            model = UniX(cfg)
+        return (model.to(torch.bfloat16) if recipe.precision == "bf16" else model).train()
     model = UniX(cfg)
     if init is not None and is_janus_folder(init):  # stage 1: its LLM, SigLIP and aligner; gen expert = a copy
         report = load_janus_init(model, init, copy_to_gen=recipe.copy_init_moe)
@@ -197,7 +201,9 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
         apply_lora(model, lora)  # only the adapters train
     wrap_layers(model, activation_checkpointing=stage.activation_checkpointing, compile=stage.compile)
     if d.world_size > 1:
-        model = shard(model, d, recipe.precision)
+        full_state = model.state_dict() if d.is_main else None
+        model = fill_shards(shard(model, d, recipe.precision), full_state, d)
+        del full_state
     torch.manual_seed(recipe.seed)  # the REPA projector's start, the same on every rank
     repa = RepaTerm.build(stage.repa, cfg, d) if stage.repa.weight > 0 else None
     # what the optimizer trains and the checkpoints hold: the model and, with REPA, its projector
