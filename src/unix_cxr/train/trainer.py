@@ -154,13 +154,17 @@ def _metrics_upto(path: Path, step: int) -> None:
     write_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def export_release(model: torch.nn.Module, cfg: UniXConfig, folder: Path, tokenizer, vae: str | None,
-                   d: Dist) -> Path:
-    """Write a release folder of the (possibly sharded) model, whole or not at all: rank 0 gathers the full state
-    dict and writes it."""
+def export_release(model: torch.nn.Module | None, cfg: UniXConfig, folder: Path, tokenizer, vae: str | None,
+                   d: Dist, sharded: bool | None = None) -> Path:
+    """Write a release folder of the model, whole or not at all. A sharded model (FSDP2; the default when there
+    are several ranks): rank 0 gathers the full state dict and writes it. `sharded=False`: `model` is a plain
+    module on rank 0 (None on the others), written as it is."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if d.world_size > 1 if sharded is None else sharded:
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = model.state_dict() if model is not None else {}
     if d.is_main:
         with atomic_folder(folder, "stage result", "model.safetensors") as tmp:
             _write_release(tmp, state, cfg, tokenizer, vae)
@@ -196,8 +200,6 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     apply_freeze(model, stage.trained_experts)
     lora = LoraSettings.from_mapping(stage.lora, f"stages.{name}.lora") if stage.lora else None
     if lora is not None:
-        if d.world_size > 1:
-            raise ValueError(f"stages.{name}.lora: LoRA under FSDP2 (several processes) is not supported yet")
         apply_lora(model, lora)  # only the adapters train
     wrap_layers(model, activation_checkpointing=stage.activation_checkpointing, compile=stage.compile)
     if d.world_size > 1:
@@ -298,9 +300,13 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     if interrupted:
         return StageResult(name, step, None, interrupted=True)
     if lora is not None:  # the adapter as peft files, then the merged weights as the stage's result
-        save_adapter(model, out / "adapter", base=init)
-        merge_lora(model)
-    final = export_release(model, cfg, out / "final", tokenizer, recipe.vae, d)
+        plain = plain_copy(model, cfg, d, lora)  # the model itself on one process, rank 0's full copy under FSDP2
+        if plain is not None:
+            save_adapter(plain, out / "adapter", base=init)
+            merge_lora(plain)
+        final = export_release(plain, cfg, out / "final", tokenizer, recipe.vae, d, sharded=False)
+    else:
+        final = export_release(model, cfg, out / "final", tokenizer, recipe.vae, d)
     if ema is not None:
         with ema.swapped_in(model):
             export_release(model, cfg, out / "final-ema", tokenizer, recipe.vae, d)
@@ -329,7 +335,8 @@ def _validate(validation: Validation, model: nn.Module, cfg: UniXConfig, stage: 
     row = {"step": step, **validation.losses(model, lambda: _autocast(recipe, d), d)}
     samples = {}
     if sampler is not None and stage.validation.samples:
-        plain = plain_copy(model, cfg, d)
+        lora = LoraSettings.from_mapping(stage.lora, "lora") if stage.lora else None
+        plain = plain_copy(model, cfg, d, lora)
         if plain is not None:
             try:
                 with torch.no_grad(), _autocast(recipe, d):

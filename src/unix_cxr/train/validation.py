@@ -26,6 +26,7 @@ from torch import nn
 from ..config import UniXConfig
 from ..data.loader import LoaderBatch
 from .data import build_loader
+from .lora import LoraSettings, apply_lora
 from .objectives import draw_flow_inputs, training_forward, window_counts
 from .parallel import Dist
 from .recipe import StageConfig
@@ -86,9 +87,9 @@ class Validation:
                 "val_mse_tokens": int(n_mse)}
 
 
-def plain_copy(model: nn.Module, cfg: UniXConfig, d: Dist) -> nn.Module | None:
+def plain_copy(model: nn.Module, cfg: UniXConfig, d: Dist, lora: LoraSettings | None = None) -> nn.Module | None:
     """The model itself on one process; under FSDP2 a full, unsharded copy on rank 0 (every rank takes part in
-    the gather; None on the other ranks)."""
+    the gather; None on the other ranks), with the same LoRA adapters when the model has them."""
     if d.world_size == 1:
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -99,6 +100,8 @@ def plain_copy(model: nn.Module, cfg: UniXConfig, d: Dist) -> nn.Module | None:
     if not d.is_main:
         return None
     copy = UniX(cfg)
+    if lora is not None:
+        apply_lora(copy, lora)
     copy.load_state_dict(state)
     return copy.to(d.device).eval()
 
