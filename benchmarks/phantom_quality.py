@@ -1,6 +1,7 @@
 """Quality of a phantom model trained by `unix-cxr train --config phantom-tiny` (a script that prints figures).
 
     python benchmarks/phantom_quality.py --run RUN [--release RUN/gen_ft/final] [--json out.json] [--quantize int8]
+        [--step-cache taylor] [--steps 50]
 
 On the run's validation phantoms (`RUN/data/phantoms/val`, drawn from another seed than the training phantoms):
 
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="sampling time points (default: the model's)")
     parser.add_argument("--cfg", type=float, default=None, help="text CFG scale (default: the model's)")
     parser.add_argument("--no-fd", action="store_true", help="skip the Inception FD")
+    parser.add_argument("--step-cache", choices=("none", "taylor"), default="none",
+                        help="taylor: the image loop's step cache (unix_cxr.infer.step_cache) for the images")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="int8: weight-only int8 decoding (unix_cxr.infer.quantize) for the reports")
     parser.add_argument("--reports-only", action="store_true", help="only part 1 (reports)")
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = {r["id"]: r["spec"] for r in read_jsonl(val / "specs.jsonl")}
     ids = list(reports)[: args.limit or None]
     figures: dict = {"run": str(run), "release": str(release), "n_val": len(ids)}
-    pipe = UniXPipeline.from_pretrained(release, batch_size=16, quantize=args.quantize)
+    pipe = UniXPipeline.from_pretrained(release, batch_size=16, quantize=args.quantize,
+                                        sampling={"step_cache": args.step_cache})
     size = pipe.image_size
     labeler = Labeler()
 

@@ -142,10 +142,17 @@ class SamplingConfig:
     cfg_renorm_type: str = "global"  # "global", "channel", "text_channel" or "none"
     cfg_renorm_min: float = 0.0
     image_size: int = 512
+    step_cache: str = "none"  # "taylor": forecast the velocity between model evaluations (infer/step_cache.py)
+    step_cache_interval: int = 2  # taylor: after the warm-up, the model runs at every interval-th step
+    step_cache_warmup: int = 3  # taylor: the first steps that always run the model
 
     def validate(self) -> None:
         if self.num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {self.num_timesteps}")
+        if self.step_cache not in ("none", "taylor"):
+            raise ValueError(f"step_cache must be 'none' or 'taylor', got {self.step_cache!r}")
+        if self.step_cache_interval < 1 or self.step_cache_warmup < 2:
+            raise ValueError("step_cache_interval must be >= 1 and step_cache_warmup >= 2")
         if self.cfg_renorm_type not in ("global", "channel", "text_channel", "none"):
             raise ValueError(f"unknown cfg_renorm_type {self.cfg_renorm_type!r}")
 

@@ -62,7 +62,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 2 (steps - 1 Euler updates), got {args.steps}")
     items = report_items(args.reports)
     args.device = ranks.device(args.device)
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, sampling={"step_cache": args.step_cache} if args.step_cache != "none" else None)
     try:
         job = GenerateJob(pipe, folder, n=args.n, seed=args.seed, steps=args.steps, cfg=args.cfg, size=args.size,
                           dicom=args.dicom)
@@ -93,6 +93,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=None, help="text guidance scale, 1 = none (default: the model's)")
     p.add_argument("--size", type=int, default=None,
                    help="image side in px: 256 or 512, or any multiple of 16 the model takes (default: the model's)")
+    p.add_argument("--step-cache", choices=("none", "taylor"), default="none",
+                   help="taylor: run the model at about every other step and forecast the velocity in between "
+                        "(about 1.9x fewer model evaluations at 50 steps; docs/usage.md)")
     p.add_argument("--dicom", action="store_true", help="also write each image as a DICOM Secondary Capture (.dcm)")
     add_model_options(p)
     p.add_argument("--no-resume", action="store_true", help="start over: ignore what DIR/images.jsonl records")

@@ -6,7 +6,9 @@
     clamp(||v_c|| / (||v|| + 1e-8), min, 1) over the whole image; channel / text_channel: per token);
   * the conditional context [BOS] prompt [EOS] is prefilled once into a KV cache; the unconditional branch is
     the query block with no context at all (position 0), as in training with a dropped caption;
-  * conditional and unconditional rows run as one batch; the query block [BOI][latents][EOI] is never cached.
+  * conditional and unconditional rows run as one batch; the query block [BOI][latents][EOI] is never cached;
+  * optionally (`step_cache: taylor`, `infer/step_cache.py`) the model runs only at some steps and the
+    conditional and unconditional velocities are forecast in between; guidance is applied after, on every step.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..model.decoder import CacheAttention, KVCache
 from ..model.embeddings import latent_position_ids
 from ..model.unix import UniX
 from ..model.vae import LatentVAE, to_uint8_hwc
+from .step_cache import TaylorCache
 
 
 def in_cfg_interval(t: float, interval: tuple[float, float]) -> bool:
@@ -51,6 +54,7 @@ class SamplingTrace:
     timesteps: list[float] = field(default_factory=list)
     x_t: list[torch.Tensor] = field(default_factory=list)  # state before each update (B, n, C)
     velocity: list[torch.Tensor] = field(default_factory=list)  # guided velocity of each update
+    evaluated: list[bool] = field(default_factory=list)  # whether the model ran at the update (step cache)
 
 
 class ImageGenerator:
@@ -126,17 +130,28 @@ class ImageGenerator:
         both = cond.with_empty_rows(b)
         scheduler = EulerScheduler(cfg.timestep_shift)
         scheduler.set_timesteps(cfg.num_timesteps)
+        cache = TaylorCache(cfg.step_cache_interval, cfg.step_cache_warmup) if cfg.step_cache == "taylor" else None
         for i, t in enumerate(scheduler.timesteps[:-1]):
             guided = cfg.cfg_text_scale != 1.0 and in_cfg_interval(t, cfg.cfg_interval)
-            if guided:
+            evaluate = cache is None or cache.evaluates(i, guided)
+            if not evaluate:
+                v_cond, v_uncond = cache.cond.forecast(t), cache.uncond.forecast(t) if guided else None
+            elif guided:
                 v_both = self.velocity(torch.cat([x, x]), t, both, grid)
-                v = cfg_combine(v_both[:b], v_both[b:], cfg.cfg_text_scale, cfg.cfg_renorm_type, cfg.cfg_renorm_min)
+                v_cond, v_uncond = v_both[:b], v_both[b:]
             else:
-                v = self.velocity(x, t, cond, grid)
+                v_cond, v_uncond = self.velocity(x, t, cond, grid), None
+            if cache is not None and evaluate:
+                cache.cond.record(t, v_cond)
+                if v_uncond is not None:
+                    cache.uncond.record(t, v_uncond)
+            v = cfg_combine(v_cond, v_uncond, cfg.cfg_text_scale, cfg.cfg_renorm_type, cfg.cfg_renorm_min) \
+                if guided else v_cond
             if trace is not None:
                 trace.timesteps.append(t)
                 trace.x_t.append(x.clone())
                 trace.velocity.append(v.clone())
+                trace.evaluated.append(evaluate)
             x = scheduler.step(v, i, x)
             if on_step is not None:
                 on_step(i + 1, scheduler.num_steps)
