@@ -158,16 +158,13 @@ def _cmd_images(args: argparse.Namespace) -> int:
 
 
 def _cmd_cycle(args: argparse.Namespace) -> int:
-
-    from ..checkpoint.release import load_release
-    from ..checkpoint.safetensors_io import stored_float_dtype
+    from ..checkpoint.release import load_release, release_dtype
     from ..config import SpecialTokens
     from ..data.imageio import read_image
     from ..data.transforms import as_uint8_grey
     from ..eval import cards, cycle, plots, runner
     from ..infer.pipeline import UniXPipeline
     from ..utils.devices import resolve_device
-    from ..utils.dtype_policy import choose_dtype
     from ..utils.provenance import sha256_file, sha256_file_list
 
     device = resolve_device(args.device)  # before any work
@@ -185,11 +182,9 @@ def _cmd_cycle(args: argparse.Namespace) -> int:
             paths, "reading images", not args.no_progress, unit="image")}
         inputs = {"images": {"dir": str(args.images), "n_images": len(paths),
                              "file_list_sha256": sha256_file_list(paths)}}
-    choice = choose_dtype(args.dtype, device, stored_float_dtype(Path(args.release) / "model.safetensors"))
-    log.info("%s runs in %s", args.release, choice.describe())
-    dtype = choice.dtype
     tokens = SpecialTokens(*args.special_tokens) if args.special_tokens else None
-    release = load_release(args.release, dtype=dtype, device=device, tokens=tokens)
+    release = load_release(args.release, dtype=release_dtype(args.release, args.dtype, device), device=device,
+                           tokens=tokens)
     pipeline = UniXPipeline(
         release.model, release.vae, release.tokenizer, image_size=args.image_size, batch_size=args.batch_size,
         decoding={"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None,

@@ -61,7 +61,6 @@ def demo_model_path() -> Path:
     return Path(str(files("unix_cxr").joinpath("assets", "demo", "model")))
 
 
-
 @dataclass
 class Report:
     """One generated report.
@@ -348,12 +347,9 @@ class UniXPipeline:
             if tokenizer is None:
                 raise ValueError(f"preset {path_or_preset!r} has no tokenizer: pass tokenizer=...")
             return cls(model, vae, tokenizer, **settings)
-        from ..checkpoint.release import load_release
-        from ..checkpoint.safetensors_io import stored_float_dtype
+        from ..checkpoint.release import load_release, release_dtype
 
-        choice = choose_dtype(dtype, device, stored_float_dtype(path / "model.safetensors"))
-        log.info("%s runs in %s", path, choice.describe())
-        release = load_release(path, dtype=choice.dtype, device=device, tokens=special_tokens)
+        release = load_release(path, dtype=release_dtype(path, dtype, device), device=device, tokens=special_tokens)
         quantize_decoding(release.model, quantize)
         return cls(release.model, release.vae, tokenizer if tokenizer is not None else release.tokenizer, **settings)
 

@@ -6,8 +6,8 @@ per decoder layer and SigLIP layer) and `torch.compile` (per decoder layer) to a
 applies FSDP2 (`fully_shard` on every decoder layer, then on the root; `UniX.forward` runs every parameter
 inside the root's forward) with an optional bf16 compute policy over fp32 master weights; `fill_shards` then gives
 every rank its shard of rank 0's weights (only rank 0 reads the weight file; the others build on the meta
-device and hold only their shard). Reductions of token
-counts go through `all_reduce_sum`.
+device and hold only their shard), and `full_state` gathers them back on rank 0. Reductions of token counts go
+through `all_reduce_sum`.
 """
 
 from __future__ import annotations
@@ -57,16 +57,18 @@ class Dist:
         """Element-wise sum over ranks (float64 on the CPU for gloo, the device for nccl)."""
         if self.world_size == 1:
             return list(values)
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = torch.tensor(values, dtype=torch.float64, device=device)
+        t = torch.tensor(values, dtype=torch.float64, device=self._reduce_device())
         dist.all_reduce(t)
         return t.tolist()
+
+    def _reduce_device(self) -> torch.device:
+        """Where reduction tensors live: the device for nccl, the CPU for gloo."""
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def min_over_ranks(self, value: int) -> int:
         if self.world_size == 1:
             return value
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = torch.tensor([value], dtype=torch.int64, device=device)
+        t = torch.tensor([value], dtype=torch.int64, device=self._reduce_device())
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
 
@@ -116,6 +118,20 @@ def wrap_layers(model: nn.Module, *, activation_checkpointing: bool, compile: bo
             layer.compile()
         log.info("torch.compile: %d decoder layers", len(decoder))
     return model
+
+
+def full_state(model: nn.Module) -> dict:
+    """The full state dict of a model sharded by `shard`, gathered to rank 0's CPU (every rank takes part; the
+    other ranks get an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def is_sharded(model: nn.Module | None) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def fill_shards(model: nn.Module, full_state: dict | None, d: Dist) -> nn.Module:

@@ -42,7 +42,7 @@ from .ema import EMA
 from .freeze import apply_freeze
 from .lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from .objectives import draw_flow_inputs, training_forward, window_counts
-from .parallel import Dist, fill_shards, shard, wrap_layers
+from .parallel import Dist, fill_shards, full_state, is_sharded, shard, wrap_layers
 from .phantom_data import prepare_phantom_data
 from .recipe import StageConfig, TrainRecipe, save_recipe
 from .repa import RepaTerm
@@ -155,16 +155,10 @@ def _metrics_upto(path: Path, step: int) -> None:
 
 
 def export_release(model: torch.nn.Module | None, cfg: UniXConfig, folder: Path, tokenizer, vae: str | None,
-                   d: Dist, sharded: bool | None = None) -> Path:
-    """Write a release folder of the model, whole or not at all. A sharded model (FSDP2; the default when there
-    are several ranks): rank 0 gathers the full state dict and writes it. `sharded=False`: `model` is a plain
-    module on rank 0 (None on the others), written as it is."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if d.world_size > 1 if sharded is None else sharded:
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        state = model.state_dict() if model is not None else {}
+                   d: Dist) -> Path:
+    """Write a release folder of the model, whole or not at all: of a sharded model (FSDP2) rank 0 gathers the
+    full state dict and writes it; a plain model is written as it is (on rank 0; None on the other ranks)."""
+    state = full_state(model) if is_sharded(model) else (model.state_dict() if model is not None else {})
     if d.is_main:
         with atomic_folder(folder, "stage result", "model.safetensors") as tmp:
             _write_release(tmp, state, cfg, tokenizer, vae)
@@ -287,7 +281,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
                         if key != "step":
                             board.add_scalar(f"train/{key}", value, step)
             if validation is not None and validation.due(step, target):
-                _validate(validation, model, cfg, stage, step, out, d, recipe, sampler, board)
+                _validate(validation, model, cfg, stage, lora, step, out, d, recipe, sampler, board)
             interrupted = d.any(stop.requested)
             if step % stage.checkpoint_every == 0 or step == target or interrupted:
                 save_checkpoint(ckpt_dir, step, trained, optimizer, {"scheduler": scheduler.state_dict()},
@@ -300,13 +294,11 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     if interrupted:
         return StageResult(name, step, None, interrupted=True)
     if lora is not None:  # the adapter as peft files, then the merged weights as the stage's result
-        plain = plain_copy(model, cfg, d, lora)  # the model itself on one process, rank 0's full copy under FSDP2
-        if plain is not None:
-            save_adapter(plain, out / "adapter", base=init)
-            merge_lora(plain)
-        final = export_release(plain, cfg, out / "final", tokenizer, recipe.vae, d, sharded=False)
-    else:
-        final = export_release(model, cfg, out / "final", tokenizer, recipe.vae, d)
+        model = plain_copy(model, cfg, d, lora)  # itself on one process, rank 0's full copy under FSDP2 (else None)
+        if model is not None:
+            save_adapter(model, out / "adapter", base=init)
+            merge_lora(model)
+    final = export_release(model, cfg, out / "final", tokenizer, recipe.vae, d)
     if ema is not None:
         with ema.swapped_in(model):
             export_release(model, cfg, out / "final-ema", tokenizer, recipe.vae, d)
@@ -329,13 +321,13 @@ def _tensorboard(recipe: TrainRecipe, out: Path, step: int, d: Dist):
     return SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
 
 
-def _validate(validation: Validation, model: nn.Module, cfg: UniXConfig, stage: StageConfig, step: int, out: Path,
-              d: Dist, recipe: TrainRecipe, sampler: Sampler | None, board) -> None:
+def _validate(validation: Validation, model: nn.Module, cfg: UniXConfig, stage: StageConfig,
+              lora: LoraSettings | None, step: int, out: Path, d: Dist, recipe: TrainRecipe, sampler: Sampler | None,
+              board) -> None:
     """One held-out pass: its losses into validation.jsonl (and TensorBoard), then the sampler's outputs."""
     row = {"step": step, **validation.losses(model, lambda: _autocast(recipe, d), d)}
     samples = {}
     if sampler is not None and stage.validation.samples:
-        lora = LoraSettings.from_mapping(stage.lora, "lora") if stage.lora else None
         plain = plain_copy(model, cfg, d, lora)
         if plain is not None:
             try:

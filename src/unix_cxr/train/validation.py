@@ -28,7 +28,7 @@ from ..data.loader import LoaderBatch
 from .data import build_loader
 from .lora import LoraSettings, apply_lora
 from .objectives import draw_flow_inputs, training_forward, window_counts
-from .parallel import Dist
+from .parallel import Dist, full_state
 from .recipe import StageConfig
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,9 @@ def plain_copy(model: nn.Module, cfg: UniXConfig, d: Dist, lora: LoraSettings | 
     the gather; None on the other ranks), with the same LoRA adapters when the model has them."""
     if d.world_size == 1:
         return model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     from ..model.unix import UniX
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = full_state(model)
     if not d.is_main:
         return None
     copy = UniX(cfg)
