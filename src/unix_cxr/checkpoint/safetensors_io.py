@@ -9,7 +9,8 @@
   ValueError naming it, and so is a tensor holding NaN or infinity (unless `allow_non_finite`).
 * `check_finite(tensors, where)`: the non-finite check itself (one `torch.isfinite(t).all()` per tensor).
 * `open_safetensors(path)`: `safe_open`, with safetensors' own errors turned into a ValueError naming the file.
-* `stored_float_dtype(path)`: the floating dtype that most of a file's tensor bytes are stored in (header only).
+* `stored_float_dtype(path)`: the floating dtype that most of a file's tensor bytes are stored in (header only;
+  `FLOAT_DTYPES` names them).
 * `write_safetensors_atomic(tensors, path, metadata)`: write beside the target, then rename over it.
 * `state_dict_mismatch(expected, given)`: missing / unexpected keys and shape differences, readably.
 
@@ -33,6 +34,7 @@ from ..utils.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FLOAT_DTYPES",
     "PICKLE_SUFFIXES",
     "check_finite",
     "non_finite_count",
@@ -77,27 +79,25 @@ def open_safetensors(path: str | Path) -> Iterator[Any]:
         raise unreadable_safetensors(path, err) from None
 
 
-_FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+"""safetensors' names of the floating dtypes."""
 
 
 def stored_float_dtype(path: str | Path) -> torch.dtype | None:
     """The floating dtype holding most of the file's tensor bytes, from its header alone (no tensor is read);
-    None for a file without floating tensors or that is not safetensors."""
-    import json
-    import struct
+    None for a file without floating tensors, missing, or that is not safetensors."""
+    import math
 
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(min(size, 100_000_000)))
-    except (OSError, struct.error, ValueError):
-        return None
     sizes: dict[torch.dtype, int] = {}
-    for key, info in header.items():
-        if key != "__metadata__" and isinstance(info, dict) and info.get("dtype") in _FLOAT_DTYPES:
-            begin, end = info.get("data_offsets", (0, 0))
-            dtype = _FLOAT_DTYPES[info["dtype"]]
-            sizes[dtype] = sizes.get(dtype, 0) + int(end) - int(begin)
+    try:
+        with open_safetensors(path) as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
+                part = f.get_slice(key)
+                dtype = FLOAT_DTYPES.get(part.get_dtype())
+                if dtype is not None:
+                    sizes[dtype] = sizes.get(dtype, 0) + math.prod(part.get_shape()) * dtype.itemsize
+    except (OSError, ValueError):
+        return None
     return max(sizes, key=sizes.__getitem__) if sizes else None
 
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..checkpoint.io import save_authors_weights
 from ..checkpoint.release import Release, load_release
-from ..checkpoint.safetensors_io import open_safetensors, read_safetensors, state_dict_mismatch
+from ..checkpoint.safetensors_io import read_safetensors, state_dict_mismatch, stored_float_dtype
 from ..model.unix import UniX
 from ..utils.atomic import atomic_folder
 from .freeze import is_generation_parameter
@@ -55,7 +55,6 @@ CONFIG_FILE = "adapter_config.json"  # peft's CONFIG_NAME
 WEIGHTS_FILE = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME
 PEFT_PREFIX = "base_model.model."  # the key prefix PeftModel.save_pretrained writes
 MERGE_RECORD = "lora_merge.json"  # what a merged release folder was made from
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 @dataclass
@@ -357,13 +356,8 @@ def load_release_with_adapter(base: str | Path, adapter: str | Path, merge: bool
 
 
 def weights_dtype(path: str | Path) -> torch.dtype:
-    """The floating dtype of a safetensors file's tensors (its first floating tensor)."""
-    with open_safetensors(path) as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
-            dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
-            if dtype is not None:
-                return dtype
-    return torch.float32
+    """The floating dtype of a safetensors file's tensors (float32 when it holds none)."""
+    return stored_float_dtype(path) or torch.float32
 
 
 def merge_release(base: str | Path, adapter: str | Path, out: str | Path, **load_release_kwargs) -> Path:
