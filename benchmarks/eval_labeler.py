@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unix_cxr.chexpert import CHEXPERT_LABELS
-from unix_cxr.eval.labeler import Labeler
+from unix_cxr.eval.labeler import READINGS, Labeler
 
 log = logging.getLogger("eval_labeler")
 
@@ -438,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="log the development reports whose label of one CheXpert class differs from the gold")
     parser.add_argument("--heldout-list", type=Path, default=HELDOUT_LIST, help=argparse.SUPPRESS)
     parser.add_argument("--speed-reports", type=int, default=20000, help="reports to time (0: skip)")
+    parser.add_argument("--reading", choices=READINGS, default="conventions",
+                        help="the labeler's reading: the conventions (default) or NegBio's gold's (negbio)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.dump_errors and args.dump_errors not in GOLD_MAP:
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = read_heldout(args.heldout_list)
     load_dev_labels(args.dev_labels, heldout)  # refuse a held-out file before any report is read
     reports = load_iu_reports(exclude=heldout)
-    labeler = Labeler()
+    labeler = Labeler(reading=args.reading)
     uids = sorted(reports)
     pred = dict(zip(uids, labeler.label_many([reports[u].text for u in uids]), strict=True))
     assert all(set(p) == set(CHEXPERT_LABELS) for p in pred.values())

@@ -15,13 +15,15 @@ log = logging.getLogger(__name__)
 
 def _cmd_label(args: argparse.Namespace) -> int:
     from ..eval.label_batch import label_file
+    from ..eval.labeler import Labeler
 
     source, output = Path(args.input), Path(args.output)
     if not source.is_file():
         raise FileNotFoundError(f"INPUT {source} does not exist or is not a file")
     if output.is_dir():
         raise ValueError(f"OUTPUT {output} is a folder; give the JSONL file to write")
-    run = label_file(source, output, progress=not args.no_progress, restart=args.no_resume)
+    run = label_file(source, output, Labeler(reading=args.reading), progress=not args.no_progress,
+                     restart=args.no_resume)
     if run.resumed:
         log.info("%d line(s) resumed from %s.partial", run.resumed, output)
     if run.written:
@@ -45,4 +47,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUTPUT.partial holds the progress of an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--reading", choices=("conventions", "negbio"), default="conventions",
+                   help="conventions: the project's labelling conventions (default); negbio: as NegBio's OpenI gold "
+                        "reads reports, for comparisons with figures measured on it (docs/labeler.md)")
     p.set_defaults(func=_cmd_label)

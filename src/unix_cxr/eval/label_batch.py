@@ -112,7 +112,9 @@ def label_file(source: Path, output: Path, labeler: Labeler | None = None, progr
     run = LabelRun()
     seen: dict[str | int, str] = {}
     check_output_path(output)  # before its progress file is looked for
-    header = {"job": "label", "input": input_fingerprint(source), "options": {"labeler": "rules"}}
+    options = {"labeler": "rules"} if labeler.reading == "conventions" else {"labeler": "rules",
+                                                                             "reading": labeler.reading}
+    header = {"job": "label", "input": input_fingerprint(source), "options": options}
     tracker = BatchProgress(output, header, resume=not restart) if resume else None
     try:
         with atomic_open(output) as out, logging_redirect_tqdm():

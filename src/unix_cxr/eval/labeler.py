@@ -71,7 +71,7 @@ from typing import Final
 
 from ..chexpert import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
 
-__all__ = ["Labeler", "Mention", "label_report"]
+__all__ = ["READINGS", "Labeler", "Mention", "label_report"]
 
 NO_FINDING: Final = "No Finding"
 SUPPORT_DEVICES: Final = "Support Devices"
@@ -788,15 +788,64 @@ _KEYWORDS: Final[dict[tuple[str, str], tuple[str, ...]]] = {
 }
 
 _Group = tuple[str, str, re.Pattern[str], tuple[str, ...]]
-_GROUPS: Final[tuple[_Group, ...]] = (
-    *((kind, obs, _compile(pats), _KEYWORDS[(kind, obs)])
-      for kind, table in (("finding", FINDINGS), ("hedged", HEDGED_FINDINGS),
-                          ("blunting", {"Pleural Other": BLUNTING}))
-      for obs, pats in table.items()),
-    *(("clear", name, regex, _KEYWORDS[("clear", name)]) for name, (regex, _) in CLEAR_STATEMENTS.items()),
-    *(("attribute", obs, _compile(pats), _KEYWORDS[("attribute", obs)]) for obs, pats in ATTRIBUTES.items()),
-)
-"""(kind, observation, pattern, keywords), findings first: attribute mentions skip spans of finding mentions."""
+
+
+def _build_groups(findings: dict[str, tuple[str, ...]], attributes: dict[str, tuple[str, ...]],
+                  blunting: tuple[str, ...], keywords: dict[tuple[str, str], tuple[str, ...]] = _KEYWORDS) \
+        -> tuple[_Group, ...]:
+    """(kind, observation, pattern, keywords), findings first: attribute mentions skip spans of finding mentions."""
+    return (
+        *((kind, obs, _compile(pats), keywords[(kind, obs)])
+          for kind, table in (("finding", findings), ("hedged", HEDGED_FINDINGS),
+                              ("blunting", {"Pleural Other": blunting} if blunting else {}))
+          for obs, pats in table.items()),
+        *(("clear", name, regex, _KEYWORDS[("clear", name)]) for name, (regex, _) in CLEAR_STATEMENTS.items()),
+        *(("attribute", obs, _compile(pats), _KEYWORDS[("attribute", obs)]) for obs, pats in attributes.items()),
+    )
+
+
+_GROUPS: Final = _build_groups(FINDINGS, ATTRIBUTES, BLUNTING)
+
+# --------------------------------------------------------------------------------------------------------------
+# The NegBio reading (``Labeler(reading="negbio")``): NegBio's OpenI gold (Peng et al., AMIA 2018) reads seven
+# things otherwise than the conventions; docs/labeler.md counts each on that gold.
+# --------------------------------------------------------------------------------------------------------------
+
+READINGS: Final = ("conventions", "negbio")
+"""``conventions``: the project's labelling conventions (default); ``negbio``: NegBio's gold's reading."""
+
+_NEGBIO_FISSURE: Final = (r"(?:minor |major |horizontal |oblique )?fissur(?:e|al) thickening",
+                          r"thickening of the (?:right |left )?(?:minor |major |horizontal |oblique )?fissures?",
+                          r"thickened (?:right |left )?(?:minor |major |horizontal |oblique )?fissures?")
+_NEGBIO_GROUPS: Final = _build_groups(
+    {**FINDINGS,
+     "Lung Lesion": tuple(pat for pat in FINDINGS["Lung Lesion"]
+                          if not pat.endswith("cavit(?:y|ies|ation)") and "nodular (" not in pat),
+     "Pleural Other": (r"pleural (?:thickening|plaques?|calcifications?|fibrosis|reaction)",
+                       *(pat for pat in FINDINGS["Pleural Other"] if not pat.startswith(("pleural (", "(?:pleural["))),
+                       r"(?:pleural[\s-]?parenchymal|pleuroparenchymal) thickening", *_NEGBIO_FISSURE)},
+    {**ATTRIBUTES, "Cardiomegaly": tuple(p for p in ATTRIBUTES["Cardiomegaly"] if p != _CARDIOMEDIASTINAL)},
+    (),  # costophrenic blunting is no Pleural_Thickening
+    {**_KEYWORDS, ("finding", "Pleural Other"): (*_KEYWORDS[("finding", "Pleural Other")], "fissur")})
+"""A cavity and a nodular opacity are no Nodule; pleural scarring is no Pleural_Thickening, fissural thickening is
+one; an enlarged cardiomediastinal silhouette is no Cardiomegaly."""
+_NEGBIO_EXCLUSIONS: Final = {obs: rules for obs, rules in _EXCLUSIONS.items() if obs != "Lung Lesion"}
+"""A calcified nodule is a Nodule."""
+_NEGBIO_POSITIVE_RULES: Final = ("masked hedge word", "slash alternatives")
+"""Rules of the conventions that make a mention uncertain and that NegBio's gold reads as positive."""
+_BORDERLINE = re.compile(r"\bborderline\b")
+_PROMINENT = re.compile(r"^qualifier '(?:prominen|accentuated)")
+
+
+def _negbio_status(m: Mention) -> Mention:
+    """A mention as NegBio's gold reads it: a masked word between a finding and a diagnosis and a slash between two
+    findings are no hedges; a borderline heart is Cardiomegaly, a prominent one is not."""
+    if m.observation == CARDIOMEGALY and m.status == POSITIVE and _PROMINENT.search(m.rule):
+        return replace(m, status=UNCERTAIN, rule=f"{m.rule} (uncertain in the NegBio reading)")
+    if m.status == UNCERTAIN and (m.rule in _NEGBIO_POSITIVE_RULES or (
+            m.observation == CARDIOMEGALY and _BORDERLINE.search(m.sentence))):
+        return replace(m, status=POSITIVE, rule=f"{m.rule} (positive in the NegBio reading)")
+    return m
 
 
 def _report_parts(text: str) -> list[str]:
@@ -804,9 +853,10 @@ def _report_parts(text: str) -> list[str]:
     return [part for part in _keep_sections(text) if part.strip(" \t\r\n.,;:-")]
 
 
-def _not_a_mention(observation: str, sentence: str, start: int, end: int) -> bool:
+def _not_a_mention(observation: str, sentence: str, start: int, end: int,
+                   exclusions: dict[str, tuple[_Exclusion, ...]] = _EXCLUSIONS) -> bool:
     """Whether the words around sentence[start:end] say it is not a mention of ``observation`` (`_EXCLUSIONS`)."""
-    for rule in _EXCLUSIONS.get(observation, ()):
+    for rule in exclusions.get(observation, ()):
         if rule.phrase is not None and not rule.phrase.search(sentence, start, end):
             continue
         if ((rule.before is not None and rule.before.search(sentence, max(0, start - _MAX_CONTEXT), start))
@@ -847,21 +897,27 @@ class Labeler:
     """Rule-based CheXpert labeler (module docstring). Stateless; safe to share between threads.
 
     ``prefilter=False`` searches every sentence with every pattern (slower, same labels; used by the tests to check
-    the keyword prefilter).
+    the keyword prefilter). ``reading="negbio"`` labels as NegBio's OpenI gold reads reports instead of by the
+    conventions (`READINGS`; docs/labeler.md), for comparisons with figures measured on that gold.
     """
 
     labels: tuple[str, ...] = CHEXPERT_LABELS
 
-    def __init__(self, prefilter: bool = True) -> None:
-        self.prefilter = prefilter
+    def __init__(self, prefilter: bool = True, reading: str = "conventions") -> None:
+        if reading not in READINGS:
+            raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
+        self.prefilter, self.reading = prefilter, reading
+        negbio = reading == "negbio"
+        self._all_groups = _NEGBIO_GROUPS if negbio else _GROUPS
+        self._exclusions = _NEGBIO_EXCLUSIONS if negbio else _EXCLUSIONS
 
     def _groups(self, text: str) -> list[_Group]:
         """The groups whose keywords occur in ``text``, each with only those keywords (a sentence of the text can
         hold no other); every group when the prefilter is off."""
         if not self.prefilter:
-            return list(_GROUPS)
+            return list(self._all_groups)
         groups = []
-        for kind, obs, regex, keys in _GROUPS:
+        for kind, obs, regex, keys in self._all_groups:
             present = tuple([k for k in keys if k in text])
             if present:
                 groups.append((kind, obs, regex, present))
@@ -882,7 +938,7 @@ class Labeler:
                     elsewhere = region.group("other") is not None
                 found = self._sentence_mentions(sentence, groups)
                 out.extend([m for m in found if m.observation != FRACTURE] if elsewhere else found)
-        return _resolve_blunting(out)
+        return [_negbio_status(m) for m in out] if self.reading == "negbio" else _resolve_blunting(out)
 
     def _sentence_mentions(self, sentence: str, groups: Sequence[_Group]) -> list[Mention]:
         found: list[Mention] = []
@@ -897,7 +953,7 @@ class Labeler:
                 start, end = match.span()
                 if kind == "attribute" and any(s <= start < e for s, e in spans.get(obs, ())):
                     continue  # part of a finding mention of the same observation
-                if _not_a_mention(obs, sentence, start, end) or ("if " in sentence
+                if _not_a_mention(obs, sentence, start, end, self._exclusions) or ("if " in sentence
                                                                   and _CONDITIONAL.search(sentence, 0, start)):
                     continue
                 if kind == "clear":
