@@ -49,6 +49,7 @@ def test_the_recipe_is_shipped_and_lists_its_stages_in_order():
     ("stages.vae.vae.images=null", r"stages.vae.vae.images is not set"),
     ("stages.vae.vae.size=40", r"stages.vae.vae.size must be a positive multiple of 16"),
     ("stages.vae.vae.klw=1", r"unknown recipe key 'stages.vae.vae.klw'"),
+    ("stages.vae.vae.precision=fp16", r"stages.vae.vae.precision must be one of"),
 ])
 def test_bad_preparation_settings_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
@@ -119,6 +120,31 @@ def dataclass_without_norm(cfg):
     from unix_cxr.config import VAEConfig
 
     return dataclasses.replace(cfg, scale_factor=VAEConfig().scale_factor, shift_factor=VAEConfig().shift_factor)
+
+
+def test_the_vae_stage_precision_follows_the_dtype_policy():
+    from unix_cxr.train.vae_stage import bf16_autocast
+    from unix_cxr.utils.dtype_policy import native_bf16
+
+    cpu = torch.device("cpu")
+    assert not bf16_autocast("fp32", cpu) and bf16_autocast("bf16-mixed", cpu)
+    assert bf16_autocast("auto", cpu) == native_bf16(cpu)
+
+
+def test_a_bf16_mixed_vae_stage_trains_close_to_fp32(tmp_path):
+    """The same VAE steps under bf16 autocast: other losses (autocast is on), within bf16's rounding of fp32's, and
+    fp32 weights exported."""
+    first = {}
+    for precision in ("fp32", "bf16-mixed"):
+        recipe = load_recipe("phantom-tiny", [*TINY, f"stages.vae.vae.precision={precision}"])
+        recipe.stages = {k: recipe.stages[k] for k in ("data", "vae")}
+        out = tmp_path / precision
+        train(recipe, out, progress=False)
+        first[precision] = [json.loads(line) for line in (out / "vae" / "metrics.jsonl").read_text().splitlines()]
+        weights = load_file(str(out / "vae" / "final" / "vae.safetensors"))
+        assert {t.dtype for t in weights.values()} == {torch.float32}
+    for a, b in zip(first["fp32"], first["bf16-mixed"], strict=True):
+        assert a["loss"] != b["loss"] and abs(a["loss"] - b["loss"]) < 0.05 * a["loss"]
 
 
 def test_folding_the_latent_statistics_keeps_the_reconstruction():

@@ -54,6 +54,7 @@ STAGE_KINDS = MODEL_KINDS + PREPARATION_KINDS
 OUTPUT = "${output}"  # in recipe strings: the run's --output folder
 EXPERTS = ("und", "gen", "both")
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+VAE_PRECISIONS = ("fp32", "bf16-mixed", "auto")
 GROUP_KINDS = ("chat", "caption")
 # what each stage trains by default (spec 5.1 / 5.4): stage 1 the understanding side, stages 2-3 the generation side
 DEFAULT_EXPERTS = {"und_sft": "und", "gen_pt": "gen", "gen_ft": "gen"}
@@ -127,6 +128,8 @@ class VAEStageConfig:
     l2_weight: float = 1.0
     edge_weight: float = 0.0  # L1 of the error's pixel differences: keeps thin lines (tubes, leads) sharper
     kl_weight: float = 1.0e-6
+    precision: str = "fp32"  # fp32 | bf16-mixed (fp32 weights, bf16 autocast) | auto (bf16-mixed where the device
+    #                          does bf16 in hardware, utils.dtype_policy.native_bf16; fp32 elsewhere)
     normalize: bool = True  # fold the latents' mean and std into the VAE so the config's scale / shift whiten them
     cache: dict[str, CacheConfig] = field(default_factory=dict)
 
@@ -312,6 +315,8 @@ def _check_vae(v: VAEStageConfig, where: str) -> None:
         raise ValueError(f"{where}.images is not set (a folder of images or a caption JSONL to train on)")
     if v.size % 16 or v.size < 16:
         raise ValueError(f"{where}.size must be a positive multiple of 16, got {v.size}")
+    if v.precision not in VAE_PRECISIONS:
+        raise ValueError(f"{where}.precision must be one of {VAE_PRECISIONS}, got {v.precision!r}")
     if min(v.l1_weight, v.l2_weight, v.edge_weight, v.kl_weight) < 0 or v.l1_weight + v.l2_weight <= 0:
         raise ValueError(f"{where}: the loss weights must be non-negative, with l1_weight + l2_weight > 0")
     for name, c in v.cache.items():

@@ -7,7 +7,9 @@ gives) and trains it on `vae.images` at `vae.size` px:
     loss = l1_weight * |x - x'| + l2_weight * (x - x')^2 + edge_weight * |grad (x - x')|    (means over pixels)
          + kl_weight * KL(q(z|x) || N(0, I))                  (summed over latent elements, mean over images)
 
-with x' decoded from a posterior sample. It is deterministic and exactly resumable like the UniX stages: the
+with x' decoded from a posterior sample, in fp32 or, with `vae.precision` bf16-mixed (or auto on a device with
+hardware bf16), under bf16 autocast with fp32 weights (about 1.8x the images per second of fp32 on an AMX CPU
+for the phantom VAE). It is deterministic and exactly resumable like the UniX stages: the
 images of step s are a function of (seed, s) (one seeded permutation per epoch), so is the posterior noise, and
 the loop (`train.small_loop.fit`) keeps model, optimizer and scheduler in the trainer's DCP checkpoints.
 
@@ -73,6 +75,14 @@ def batch_indices(step: int, batch: int, n: int, seed: int) -> np.ndarray:
         mask = positions // n == epoch
         out[mask] = perm[positions[mask] % n]
     return out
+
+
+def bf16_autocast(precision: str, device: torch.device) -> bool:
+    """Whether a stage of `precision` (fp32 | bf16-mixed | auto) trains under bf16 autocast on `device`: auto is
+    bf16-mixed where the device does bf16 in hardware (the dtype policy's test) and fp32 elsewhere."""
+    from ..utils.dtype_policy import native_bf16
+
+    return precision == "bf16-mixed" or (precision == "auto" and native_bf16(device))
 
 
 def vae_losses(vae, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -153,8 +163,10 @@ def train_vae(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: 
     torch.manual_seed(recipe.seed)
     vae = LatentVAE(cfg.vae).to(d.device).train()
     optimizer, scheduler = adamw(vae, stage, lr_schedule)
-    log.info("stage %s: a %s-parameter VAE on %d images of %d px, %d steps of %d", name,
-             f"{sum(p.numel() for p in vae.parameters()):,}", len(pixels), v.size, target, stage.global_batch_size)
+    bf16 = bf16_autocast(v.precision, d.device)
+    log.info("stage %s: a %s-parameter VAE on %d images of %d px, %d steps of %d, %s", name,
+             f"{sum(p.numel() for p in vae.parameters()):,}", len(pixels), v.size, target, stage.global_batch_size,
+             "fp32 weights with bf16 autocast" if bf16 else "fp32")
     side = v.size // cfg.vae.downsample
 
     def step_loss(step: int):
@@ -162,7 +174,9 @@ def train_vae(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: 
         x = _to_model(pixels[idx], cfg.vae.in_channels).to(d.device)
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         eps = torch.randn((len(idx), cfg.vae.z_channels, side, side), generator=gen).to(d.device)
-        parts = vae_losses(vae, x, eps)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
+            parts = vae_losses(vae, x, eps)
+        parts = {k: t.float() for k, t in parts.items()}
         loss = (v.l1_weight * parts["l1"] + v.l2_weight * parts["l2"] + v.edge_weight * parts["edge"]
                 + v.kl_weight * parts["kl"])
         return loss, {k: float(t.detach()) for k, t in parts.items()}, len(idx)
