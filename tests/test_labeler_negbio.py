@@ -6,8 +6,7 @@ the ones a NegBio difference is about, give the same labels in both readings).""
 from __future__ import annotations
 
 import pytest
-
-from test_labeler_conventions import ALL, AT, CM, EC, LL, LO, PE, PO, Case
+from test_labeler_conventions import ALL, AT, CM, EC, LL, LO, PO, Case
 
 from unix_cxr.eval.labeler import READINGS, Labeler
 
