@@ -307,6 +307,16 @@ def test_cli_resume_starts_over_for_another_input(tmp_path: Path, monkeypatch: p
     assert len(calls) == 7
 
 
+def test_cli_resume_starts_over_for_another_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _report_lines(tmp_path / "in.jsonl")
+    output = tmp_path / "out.jsonl"
+    _interrupting_labeler(monkeypatch, 3)
+    assert main(["label", str(source), "-o", str(output), "--no-progress"]) == 130
+    calls = _interrupting_labeler(monkeypatch, None)
+    assert main(["label", str(source), "-o", str(output), "--no-progress", "--reading", "negbio"]) == 1
+    assert len(calls) == 7  # the conventions run's 3 lines are not reused by a NegBio-reading run
+
+
 def test_cli_every_line_fails_keeps_the_old_output(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    caplog: pytest.LogCaptureFixture) -> None:
     source = tmp_path / "in.jsonl"

@@ -15,15 +15,13 @@ log = logging.getLogger(__name__)
 
 def _cmd_label(args: argparse.Namespace) -> int:
     from ..eval.label_batch import label_file
-    from ..eval.labeler import Labeler
 
     source, output = Path(args.input), Path(args.output)
     if not source.is_file():
         raise FileNotFoundError(f"INPUT {source} does not exist or is not a file")
     if output.is_dir():
         raise ValueError(f"OUTPUT {output} is a folder; give the JSONL file to write")
-    run = label_file(source, output, Labeler(reading=args.reading), progress=not args.no_progress,
-                     restart=args.no_resume)
+    run = label_file(source, output, progress=not args.no_progress, restart=args.no_resume, reading=args.reading)
     if run.resumed:
         log.info("%d line(s) resumed from %s.partial", run.resumed, output)
     if run.written:

@@ -102,13 +102,14 @@ def _outcome(line: Line, seen: dict[str | int, str], labeler: Labeler) -> dict:
 
 
 def label_file(source: Path, output: Path, labeler: Labeler | None = None, progress: bool = True,
-               resume: bool = True, restart: bool = False) -> LabelRun:
+               resume: bool = True, restart: bool = False, reading: str = "conventions") -> LabelRun:
     """Label every good line of ``source`` into ``output`` (atomically). Lines that `data clean` dropped
     (``"report": null`` with a ``"dropped"`` reason) are skipped and counted, so the two commands chain.
 
     With `resume` the progress is recorded in ``OUTPUT.partial`` and a run of the same input that was interrupted
-    is continued (`restart`: start over instead)."""
-    labeler = labeler or Labeler()
+    is continued (`restart`: start over instead). `reading`: the labeler's reading when no `labeler` is given
+    (`Labeler`; a resumed run continues only a run of the same reading)."""
+    labeler = labeler or Labeler(reading=reading)
     run = LabelRun()
     seen: dict[str | int, str] = {}
     check_output_path(output)  # before its progress file is looked for
