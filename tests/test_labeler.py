@@ -386,6 +386,34 @@ def test_negbio_gold_dev_split(iu) -> None:
     assert micro > 0.75
 
 
+# F1 (uncertain as negative) of the labeler as it was before issue 10, on NegBio's gold (docs/labeler.md): the
+# NegBio reading must not fall below any of them, in any split.
+NEGBIO_BEFORE = {
+    "test": {"Atelectasis": 0.842, "Cardiomegaly": 0.986, "Pleural Effusion": 0.926, "Lung Lesion": 0.792,
+             "Pneumonia": 0.333, "Pneumothorax": 0.500, "Consolidation": 0.833, "Edema": 0.857, "Pleural Other": 0.400,
+             "No Finding": 0.695},
+    "dev": {"Atelectasis": 0.820, "Cardiomegaly": 0.940, "Pleural Effusion": 0.878, "Lung Lesion": 0.773,
+            "Pneumonia": 0.829, "Pneumothorax": 0.957, "Consolidation": 0.933, "Edema": 0.807, "Pleural Other": 0.704,
+            "No Finding": 0.674},
+}
+
+
+def test_negbio_reading_no_class_below_before(iu) -> None:
+    """Issue 10's NegBio criterion, held by the NegBio reading: no strict class below the earlier labeler."""
+    module, reports = iu
+    if not (module.NEGBIO_DIR / "openi_gold_std14.csv").is_file():
+        pytest.skip(f"{module.NEGBIO_DIR} is not present")
+    gold, test_ids = module.load_gold()
+    negbio = Labeler(reading="negbio")
+    splits = {"test": sorted(set(gold) & test_ids), "dev": sorted(set(gold) - test_ids)}
+    for split, ids in splits.items():
+        pred = {u: negbio.label(reports[u].text) for u in ids}
+        counts = module.score(ids, gold, pred, uncertain_positive=False)
+        below = {obs: (round(counts[obs].f1, 3), before) for obs, before in NEGBIO_BEFORE[split].items()
+                 if round(counts[obs].f1, 3) < before}
+        assert not below, (split, below)
+
+
 def test_development_labels_targets(iu) -> None:
     """On our own development labels (benchmarks/labeler_dev, when present) the labeler meets issue 10's targets."""
     module, reports = iu
