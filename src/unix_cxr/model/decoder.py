@@ -34,9 +34,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = _cast(x, torch.float32)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * _cast(x32, x.dtype)
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x.to(dtype)` without dispatching a no-op cast (a decoding step made hundreds: bench_decode_step.py)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 class SwiGLU(nn.Module):
@@ -183,15 +188,15 @@ class CacheStep:
 
     def attend(self, layer: int, q, k, v) -> torch.Tensor:
         cache = self.spec.cache
-        k, v = k.to(cache.k.dtype), v.to(cache.v.dtype)
+        k, v = _cast(k, cache.k.dtype), _cast(v, cache.v.dtype)
         if self.spec.write:
             cache.write(layer, k, v, self.write_start)
             k_all, v_all = cache.view(layer, self.read)
         else:
             k_c, v_c = cache.view(layer, self.read)
             k_all, v_all = torch.cat([k_c, k], dim=2), torch.cat([v_c, v], dim=2)
-        out = cached_attention(q.to(k_all.dtype), k_all, v_all, self.mask, self.spec.causal, self.backend)
-        return out.to(q.dtype)
+        out = cached_attention(_cast(q, k_all.dtype), k_all, v_all, self.mask, self.spec.causal, self.backend)
+        return _cast(out, q.dtype)
 
 
 class MoTLayer(nn.Module):
@@ -207,9 +212,8 @@ class MoTLayer(nn.Module):
         x_TD = x_BLD.reshape(b * length, dim)
         gen = self.gen or self.und  # report-only layers never see gen rows (checked by MoTDecoder)
         qkv = route.map(self.und.qkv, gen.qkv, x_TD).view(b, length, -1)
-        q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
-        q = apply_rope(q.view(b, length, h, d).transpose(1, 2), cos, sin)
-        k = apply_rope(k.view(b, length, kv, d).transpose(1, 2), cos, sin)
+        qk, v = qkv.split([(h + kv) * d, kv * d], dim=-1)
+        q, k = apply_rope(qk.view(b, length, h + kv, d).transpose(1, 2), cos, sin).split([h, kv], dim=1)  # q|k at once
         v = v.view(b, length, kv, d).transpose(1, 2)
         attn_BLD = step.attend(layer_idx, q, k, v)
         out = route.map(self.und.finish, gen.finish, attn_BLD.reshape(b * length, -1), x_TD)
