@@ -45,6 +45,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUTPUT.partial holds the progress of an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # eval.labeler.READINGS, spelled out: importing the labeler compiles its patterns, which the parser need not
     p.add_argument("--reading", choices=("conventions", "negbio"), default="conventions",
                    help="conventions: the project's labelling conventions (default); negbio: as NegBio's OpenI gold "
                         "reads reports, for comparisons with figures measured on it (docs/labeler.md)")

@@ -113,8 +113,9 @@ def label_file(source: Path, output: Path, labeler: Labeler | None = None, progr
     run = LabelRun()
     seen: dict[str | int, str] = {}
     check_output_path(output)  # before its progress file is looked for
-    options = {"labeler": "rules"} if labeler.reading == "conventions" else {"labeler": "rules",
-                                                                             "reading": labeler.reading}
+    options = {"labeler": "rules"}  # a conventions run keeps the header of the runs before readings existed
+    if labeler.reading != "conventions":
+        options["reading"] = labeler.reading
     header = {"job": "label", "input": input_fingerprint(source), "options": options}
     tracker = BatchProgress(output, header, resume=not restart) if resume else None
     try:

@@ -97,6 +97,14 @@ def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
 _OUTSIDE_LUNG: Final = r"(?<!retrosternal )(?<!mediastinal )(?<!double )"
 """Opacity wording that places the opacity outside the lung: not Lung Opacity."""
 
+_NODULAR_LESION: Final = (r"(?<!reticular-)(?<!reticular )(?<!reticulo)(?:fibro|micro)?nodular (?:[\w-]+ ){0,3}?"
+                           r"(?:opacit(?:y|ies)|densit(?:y|ies)|lesions?|foc(?:us|i))")
+_CAVITY: Final = (r"(?<!thoracic )(?<!abdominal )(?<!pleural )(?<!chest )(?<!peritoneal )(?<!pelvic )(?<!oral )"
+                  r"(?<!nasal )cavit(?:y|ies|ation)")
+_PLEURAL_SCAR: Final = r"pleural scar(?:s|ring)?"
+_PLEUROPARENCHYMAL_SCAR: Final = r"(?:pleural[\s-]?parenchymal|pleuroparenchymal) scar(?:s|ring)?"
+"""Phrases of the conventions that NegBio's gold does not read as their class (`_NEGBIO_GROUPS`)."""
+
 FINDINGS: Final[dict[str, tuple[str, ...]]] = {
     "Enlarged Cardiomediastinum": (
         r"widen(?:ed|ing) (?:of )?(?:the )?(?:superior )?(?:cardio)?mediastin(?:um|al (?:silhouette|contours?))",
@@ -137,8 +145,7 @@ FINDINGS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "Lung Lesion": (
         r"nodul(?:e|es|i|arity|arities)",
-        r"(?<!reticular-)(?<!reticular )(?<!reticulo)(?:fibro|micro)?nodular (?:[\w-]+ ){0,3}?(?:opacit(?:y|ies)|"
-        r"densit(?:y|ies)|lesions?|foc(?:us|i))",
+        _NODULAR_LESION,
         r"mass[\s-]?like",
         r"(?<!pericardial )(?<!pleural )(?<!pleural-based )(?<!pleural based )(?<!soft tissue )(?<!breast )"
         r"(?<!neck )(?<!abdominal )(?<!chest wall )mass(?:es)?(?! effect)",
@@ -150,8 +157,7 @@ FINDINGS: Final[dict[str, tuple[str, ...]]] = {
         r"(?:broncho(?:genic|alveolar) )?carcinoma",
         r"(?:lung|pulmonary|bronchogenic) cancer",
         r"cavitary (?:lesions?|nodules?|masses?)",
-        r"(?<!thoracic )(?<!abdominal )(?<!pleural )(?<!chest )(?<!peritoneal )(?<!pelvic )(?<!oral )(?<!nasal )"
-        r"cavit(?:y|ies|ation)",
+        _CAVITY,
     ),
     "Edema": (
         r"(?<!soft tissue )(?<!subcutaneous )(?<!extremity )(?<!wall )edema",
@@ -188,10 +194,12 @@ FINDINGS: Final[dict[str, tuple[str, ...]]] = {
         r"fluid (?:in|within|along) the (?:\w+ )?(?:fissures?|pleural spaces?)",
     ),
     "Pleural Other": (
-        r"pleural (?:thickening|plaques?|calcifications?|scar(?:s|ring)?|fibrosis|reaction)",
+        r"pleural (?:thickening|plaques?|calcifications?|fibrosis|reaction)",
+        _PLEURAL_SCAR,
         r"calcified pleura(?:l plaques?|l thickening)?",
         r"thickening of the (?:\w+ )?pleura",
-        r"(?:pleural[\s-]?parenchymal|pleuroparenchymal) (?:scar(?:s|ring)?|thickening)",
+        _PLEUROPARENCHYMAL_SCAR,
+        r"(?:pleural[\s-]?parenchymal|pleuroparenchymal) thickening",
         r"fibrothorax",
         r"mesothelioma",
         r"(?:apical )?pleural cap(?:ping|s)?|apical cap(?:ping|s)?",
@@ -430,6 +438,7 @@ _OR_GAP_STOP = re.compile(
 
 # d) A masked hedge: IU reports replace some words with XXXX; one between a finding and a diagnosis stood for a
 # hedge ("basilar opacity XXXX atelectasis", "most XXXX representing scarring"): the diagnosis is uncertain.
+_MASKED_HEDGE_RULE: Final = "masked hedge word"
 _MASKED_HEDGE = re.compile(
     r"(?:\b(?:opacit(?:y|ies)|densit(?:y|ies)|infiltrates?|changes?|findings?|appearance|markings?|process|disease|"
     r"distribution|pattern|which|this|these)(?:[^,]{0,60},)? xxxx(?: (?:to be|be|of|for))?|\bmost xxxx"
@@ -677,7 +686,7 @@ def _classify(left: str, right: str, attribute: bool) -> tuple[int, str]:
     if _uncertain_before(left) or _after(_UNC_AFTER, right) or _or_uncertain(left, right):
         return UNCERTAIN, "uncertainty"
     if "xxxx" in left and _MASKED_HEDGE.search(left):
-        return UNCERTAIN, "masked hedge word"
+        return UNCERTAIN, _MASKED_HEDGE_RULE
     if (" or " in right or " v" in right) and _NORMAL_ALTERNATIVE.match(right):
         return UNCERTAIN, "read as a normal structure or a finding"
     return POSITIVE, "positive"
@@ -688,6 +697,7 @@ _HEDGE_JOIN = re.compile(r"\b(?:or|versus|vs|to|and/or)\b")
 
 _SEGMENT_END = re.compile(r",|\bwith\b")
 _SLASH = re.compile(r" ?/ ?(?:[\w-]+ ){0,2}")
+_SLASH_RULE: Final = "slash alternatives"
 _OTHERWISE = re.compile(r",?\s*otherwise\b")
 
 
@@ -819,11 +829,9 @@ _NEGBIO_FISSURE: Final = (r"(?:minor |major |horizontal |oblique )?fissur(?:e|al
                           r"thickened (?:right |left )?(?:minor |major |horizontal |oblique )?fissures?")
 _NEGBIO_GROUPS: Final = _build_groups(
     {**FINDINGS,
-     "Lung Lesion": tuple(pat for pat in FINDINGS["Lung Lesion"]
-                          if not pat.endswith("cavit(?:y|ies|ation)") and "nodular (" not in pat),
-     "Pleural Other": (r"pleural (?:thickening|plaques?|calcifications?|fibrosis|reaction)",
-                       *(pat for pat in FINDINGS["Pleural Other"] if not pat.startswith(("pleural (", "(?:pleural["))),
-                       r"(?:pleural[\s-]?parenchymal|pleuroparenchymal) thickening", *_NEGBIO_FISSURE)},
+     "Lung Lesion": tuple(pat for pat in FINDINGS["Lung Lesion"] if pat not in (_NODULAR_LESION, _CAVITY)),
+     "Pleural Other": (*(p for p in FINDINGS["Pleural Other"] if p not in (_PLEURAL_SCAR, _PLEUROPARENCHYMAL_SCAR)),
+                       *_NEGBIO_FISSURE)},
     {**ATTRIBUTES, "Cardiomegaly": tuple(p for p in ATTRIBUTES["Cardiomegaly"] if p != _CARDIOMEDIASTINAL)},
     (),  # costophrenic blunting is no Pleural_Thickening
     {**_KEYWORDS, ("finding", "Pleural Other"): (*_KEYWORDS[("finding", "Pleural Other")], "fissur")})
@@ -831,7 +839,7 @@ _NEGBIO_GROUPS: Final = _build_groups(
 one; an enlarged cardiomediastinal silhouette is no Cardiomegaly."""
 _NEGBIO_EXCLUSIONS: Final = {obs: rules for obs, rules in _EXCLUSIONS.items() if obs != "Lung Lesion"}
 """A calcified nodule is a Nodule."""
-_NEGBIO_POSITIVE_RULES: Final = ("masked hedge word", "slash alternatives")
+_NEGBIO_POSITIVE_RULES: Final = (_MASKED_HEDGE_RULE, _SLASH_RULE)
 """Rules of the conventions that make a mention uncertain and that NegBio's gold reads as positive."""
 _BORDERLINE = re.compile(r"\bborderline\b")
 _PROMINENT = re.compile(r"^qualifier '(?:prominen|accentuated)")
@@ -874,7 +882,7 @@ def _slash_alternatives(sentence: str, mentions: list[Mention], spans: Sequence[
             if (mentions[i].observation != mentions[j].observation and start >= end
                     and _SLASH.fullmatch(sentence, end, start)):
                 joined.update((i, j))
-    return [replace(m, status=UNCERTAIN, rule="slash alternatives") if i in joined and m.status == POSITIVE else m
+    return [replace(m, status=UNCERTAIN, rule=_SLASH_RULE) if i in joined and m.status == POSITIVE else m
             for i, m in enumerate(mentions)]
 
 
