@@ -8,8 +8,8 @@ gives) and trains it on `vae.images` at `vae.size` px:
          + kl_weight * KL(q(z|x) || N(0, I))                  (summed over latent elements, mean over images)
 
 with x' decoded from a posterior sample, in fp32 or, with `vae.precision` bf16-mixed (or auto on a device with
-hardware bf16), under bf16 autocast with fp32 weights (about 1.8x the images per second of fp32 on an AMX CPU
-for the phantom VAE). It is deterministic and exactly resumable like the UniX stages: the
+hardware bf16), under bf16 autocast with fp32 weights (for the phantom VAE 1.7x the images per second of fp32 on
+an AMX CPU, benchmarks/bench_vae.py). It is deterministic and exactly resumable like the UniX stages: the
 images of step s are a function of (seed, s) (one seeded permutation per epoch), so is the posterior noise, and
 the loop (`train.small_loop.fit`) keeps model, optimizer and scheduler in the trainer's DCP checkpoints.
 
