@@ -1,23 +1,30 @@
 """Full-size report decoding with weight-only int8 (`--quantize int8`) against the storage dtype, as ratios to the
-memory-bandwidth bound measured in the same run (a script that prints figures, not a test).
+memory-bandwidth bound measured in the same run, and the peak memory of the whole job (a script that prints
+figures, not a test).
 
-For the report-only `unix-full` model with random weights (stored in bf16): the streaming read bandwidth (a
-large bf16 buffer summed), then one prefill of a 384 px image and a prompt, then decoding of `--new-tokens`
-tokens from that state (median of `--repeats`, cache rewound), first in bf16, then after `quantize_decoding`
-in int8. Bound = weight bytes read per decoded token (understanding experts, final norm, one embedding row,
-lm_head; int8 weights plus their float32 scales) / the measured bandwidth. Also the peak resident memory.
+The report-only `unix-full` model with random weights stored in bf16 is written once as a release folder (or
+`--release DIR` is used). Then each mode runs in a fresh process, as a user's job would: `load_release` (int8:
+quantized while loading, `prepare=quantize_decoding`), one prefill of a 384 px image and a prompt, and decoding of
+`--new-tokens` tokens from that state (median of `--repeats`, cache rewound). Bound = weight bytes read per
+decoded token (understanding experts, final norm, one embedding row, lm_head; int8 weights plus their float32
+scales) / the streaming read bandwidth measured first. Peak = the process's VmHWM from its start (the Python
+runtime and torch included), after loading and at the end. `--kernels` adds the int8 kernel's read speed at
+the model's weight shapes, plain and with paired rows (`Int8Linear` pairs weights of <= 4,096 columns).
 
-Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--quick]
+Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--kernels]
+                                       [--release DIR] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import gc
+import json
 import logging
 import platform
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -71,6 +78,61 @@ def decode_seconds(model, args) -> tuple[float, float, int]:
     return r.median / args.new_tokens, prefill_s, int(lens0[0])
 
 
+def write_random_release(cfg, folder: Path) -> None:
+    """A release folder of the report-only model with random weights stored in bf16."""
+    import yaml
+
+    from unix_cxr.checkpoint.io import save_authors_weights
+    from unix_cxr.config import OWN_CONFIG, to_authors_config
+
+    model = build_random(cfg, torch.bfloat16, with_generation=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_authors_weights(model, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(to_authors_config(cfg)))
+    (folder / OWN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def child(args) -> None:
+    """One mode in this fresh process: load, prefill, decode; one JSON line of figures."""
+    from unix_cxr.checkpoint.release import load_release
+
+    meter = PeakRSS()  # VmHWM from here: the runtime and torch already imported, nothing loaded
+    base = meter.peak()
+    prepare = functools.partial(quantize_decoding, mode="int8") if args.child == "int8" else None
+    load_s, _, release = timed_once(functools.partial(load_release, args.release, dtype=torch.bfloat16,
+                                                      with_generation=False, prepare=prepare))
+    model = release.model
+    after_load = meter.peak()
+    s_tok, prefill_s, context = decode_seconds(model, args)
+    print("RESULT " + json.dumps({"bytes": decode_bytes(model), "s_tok": s_tok, "prefill_s": prefill_s,
+                                  "context": context, "load_s": load_s, "base": base, "after_load": after_load,
+                                  "peak": meter.peak()}), flush=True)
+
+
+def kernel_speeds() -> list[tuple[str, float, float]]:
+    """(shape, GB/s plain, GB/s paired) of the int8 kernel at 1 row, weights cycled through ~0.8 GB (DRAM)."""
+    import time
+
+    out = []
+    for n, k in [(2048, 2048), (5632, 2048), (2048, 5632), (102400, 2048)]:
+        weights = [torch.randint(-127, 128, (n, k), dtype=torch.int8) for _ in range(max(2, int(8e8 // (n * k))))]
+        x = torch.randn(1, k, dtype=torch.bfloat16)
+        wide = torch.zeros(2, 2 * k, dtype=torch.bfloat16)
+        wide[0, :k], wide[1, k:] = x[0], x[0]
+        speeds = []
+        for rows, shape, scale in ((x, (n, k), torch.ones(n, dtype=torch.bfloat16)),
+                                   (wide, (n // 2, 2 * k), torch.ones(n // 2, dtype=torch.bfloat16))):
+            for w in weights:  # warm-up
+                torch.ops.aten._weight_int8pack_mm(rows, w.view(shape), scale)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                for w in weights:
+                    torch.ops.aten._weight_int8pack_mm(rows, w.view(shape), scale)
+            speeds.append(n * k * 3 * len(weights) / (time.perf_counter() - t0) / 1e9)
+        out.append((f"{n} x {k}", *speeds))
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--new-tokens", type=int, default=16)
@@ -78,35 +140,47 @@ def main(argv=None) -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--bw-gb", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--release", type=Path, help="a report-only release folder (default: a random one, written "
+                                                "to a temporary folder and removed afterwards)")
+    p.add_argument("--kernels", action="store_true", help="also the int8 kernel's read speed, plain and paired")
     p.add_argument("--quick", action="store_true", help="a tiny config (checks the script, not the machine)")
+    p.add_argument("--child", choices=("bf16", "int8"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s", force=True)
     torch.set_num_threads(args.threads)
+    if args.child:
+        return child(args)
     print(f"CPU {cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads, torch {torch.__version__}")
     bw = measure_bandwidth(argparse.Namespace(bw_gb=args.bw_gb))
     read_gbs = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
     print(f"streaming read bandwidth {read_gbs:.2f} GB/s ({args.bw_gb:g} GB buffer)")
-    cfg = quick_config() if args.quick else load_config("unix-full")
-    meter = PeakRSS()
-    model = build_random(cfg, torch.bfloat16, with_generation=False)
-    rows = []
-    for label in ("bf16", "int8"):
-        if label == "int8":
-            quantize_decoding(model, "int8")
-            gc.collect()
-            meter = PeakRSS()
-        s_tok, prefill_s, context = decode_seconds(model, args)
-        nbytes = decode_bytes(model)
-        bound = nbytes / (read_gbs * 1e9)
-        rows.append((label, nbytes / 1e9, s_tok, bound, bound / s_tok, prefill_s, meter.peak() / 1e9, context))
-    print(f"\nreport-only unix-full, batch 1, {rows[0][7]} context tokens, {args.new_tokens} new tokens, median of "
-          f"{args.repeats}")
+    with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
+        release = args.release
+        if release is None:
+            release = Path(tmp) / "release"
+            write_random_release(quick_config() if args.quick else load_config("unix-full"), release)
+        rows = {}
+        for mode in ("bf16", "int8"):
+            cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
+                   str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+                   "--prompt-len", str(args.prompt_len)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows[mode] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    print(f"\nreport-only, batch 1, {rows['bf16']['context']} context tokens, {args.new_tokens} new tokens, median "
+          f"of {args.repeats}; each mode in a fresh process")
     print(f"{'weights':8} {'GB/token':>9} {'s/token':>8} {'bound s':>8} {'of bound':>9} {'prefill s':>10} "
-          f"{'peak RSS GB':>12}")
-    for label, gb, s_tok, bound, frac, prefill_s, peak, _ in rows:
-        print(f"{label:8} {gb:9.3f} {s_tok:8.3f} {bound:8.3f} {100 * frac:8.1f}% {prefill_s:10.2f} {peak:12.2f}")
-    print(f"int8 / bf16 decode speed: {rows[0][2] / rows[1][2]:.2f}x; bytes per token {rows[1][1] / rows[0][1]:.2f}x"
-          " (peak RSS of the int8 row: after quantizing; the bf16 model was built first)")
+          f"{'load s':>7} {'peak GB: runtime':>17} {'loaded':>7} {'job':>6}")
+    for mode, r in rows.items():
+        bound = r["bytes"] / (read_gbs * 1e9)
+        print(f"{mode:8} {r['bytes'] / 1e9:9.3f} {r['s_tok']:8.3f} {bound:8.3f} {100 * bound / r['s_tok']:8.1f}% "
+              f"{r['prefill_s']:10.2f} {r['load_s']:7.2f} {r['base'] / 1e9:17.2f} {r['after_load'] / 1e9:7.2f} "
+              f"{r['peak'] / 1e9:6.2f}")
+    print(f"int8 / bf16 decode speed: {rows['bf16']['s_tok'] / rows['int8']['s_tok']:.2f}x; bytes per token "
+          f"{rows['int8']['bytes'] / rows['bf16']['bytes']:.2f}x")
+    if args.kernels:
+        print("\nint8 kernel at 1 row, weights read from DRAM: GB/s plain, paired rows")
+        for shape, plain, paired in kernel_speeds():
+            print(f"  {shape:14} {plain:6.1f} {paired:6.1f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Run: pytest tests/test_checkpoint.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from conftest import PARITY, needs_parity, randomize
 
 from unix_cxr.checkpoint import safetensors_io
-from unix_cxr.checkpoint.io import load_authors_weights, save_authors_weights
+from unix_cxr.checkpoint.io import load_authors_weights, load_groups, save_authors_weights
 from unix_cxr.checkpoint.keymap import from_authors, is_generation_key, to_authors
 from unix_cxr.checkpoint.safetensors_io import read_safetensors, state_dict_mismatch, write_safetensors_atomic
 from unix_cxr.config import load_config
@@ -154,6 +155,54 @@ def test_save_load_round_trip(model: UniX, tmp_path: Path) -> None:
         assert torch.equal(got[key], want[key]), key
     for a, b in zip(run_model(model), run_model(fresh), strict=False):
         assert torch.equal(a, b)
+
+
+def test_loading_streams_one_group_per_open_file(model: UniX, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is opened afresh for every group (a decoder layer, a vision block, one other tensor), so the pages
+    of one map never add up to the whole file; every tensor arrives, bit for bit."""
+    import unix_cxr.checkpoint.io as io_mod
+
+    path = save_authors_weights(model, tmp_path / "w.safetensors")
+    reads: list[list[str]] = []
+    real_open = io_mod.open_safetensors
+
+    class Recording:
+        def __init__(self, f):
+            self.f, self.read = f, []
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def get_tensor(self, key):
+            self.read.append(key)
+            return self.f.get_tensor(key)
+
+    @contextlib.contextmanager
+    def recording_open(p):
+        with real_open(p) as f:
+            rec = Recording(f)
+            yield rec
+        reads.append(rec.read)
+
+    monkeypatch.setattr(io_mod, "open_safetensors", recording_open)
+    fresh = UniX(load_config("tiny"))
+    load_authors_weights(fresh, path)
+    read = [k for keys in reads for k in keys]
+    assert sorted(read) == sorted(read_safetensors(path)) and len(read) == len(set(read))
+    layer0 = [k for k in read if k.startswith("language_model.model.layers.0.")]
+    assert max(len(keys) for keys in reads) == len(layer0)  # a decoder layer is the largest group
+    assert all(len({k.split(".layers.")[-1].split(".")[0] for k in keys if ".layers." in k}) <= 1 for keys in reads)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_load_groups_keep_what_one_rule_combines_together() -> None:
+    keys = ["language_model.model.layers.1.self_attn.q_proj.weight", "vit_model.vision_tower.attn_pool.q.weight",
+            "language_model.model.layers.1.mlp.up_proj.weight", "vit_model.vision_tower.blocks.0.attn.qkv.weight",
+            "vit_model.vision_tower.attn_pool.kv.weight", "lm_head.weight", "connector.layers.0.weight",
+            "connector.layers.2.bias", "vit_model.vision_tower.blocks.10.norm1.weight"]
+    assert load_groups(keys) == [keys[0:1] + keys[2:3], [keys[1], keys[4]], [keys[3]], [keys[5]], [keys[6]],
+                                 [keys[7]], [keys[8]]]
 
 
 def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

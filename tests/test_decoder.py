@@ -161,9 +161,19 @@ def test_unknown_backend_is_rejected(tiny_model):
         tiny_model.decoder.set_attention_backend("xformers")
 
 
-def test_cpu_cache_is_float32_for_bf16_weights_and_matches_a_bf16_cache(tiny_model):
+@pytest.mark.parametrize("native", [False, True])
+def test_cpu_cache_dtype_follows_native_bf16(tiny_model, monkeypatch, native):
+    """bf16 weights: a float32 cache on CPUs without bf16 arithmetic (bf16 SDPA is slow there), a bf16 one where
+    the CPU has it; fp32 weights always get a float32 cache."""
+    monkeypatch.setattr("unix_cxr.model.decoder.native_bf16", lambda device: native)
+    assert tiny_model.decoder.new_cache(1, 4).k.dtype == torch.float32
     model = tiny_model.to(torch.bfloat16)
-    assert model.decoder.new_cache(1, 4).k.dtype == torch.float32  # bf16 SDPA is slow on CPUs
+    assert model.decoder.new_cache(1, 4).k.dtype == (torch.bfloat16 if native else torch.float32)
+    assert model.decoder.new_cache(1, 4, dtype=torch.float32).k.dtype == torch.float32  # asked for wins
+
+
+def test_cpu_float32_cache_for_bf16_weights_matches_a_bf16_cache(tiny_model):
+    model = tiny_model.to(torch.bfloat16)
     d = model.cfg.decoder.hidden_size
     x = torch.randn(1, 5, d, dtype=torch.bfloat16)
     outs = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,12 +72,14 @@ def release_dtype(folder: str | Path, dtype: str | torch.dtype, device: str | to
 
 def load_release(folder: str | Path, dtype: torch.dtype = torch.bfloat16, with_generation: bool = True,
                  device: str | torch.device = "cpu", tokens: SpecialTokens | None = None,
-                 allow_non_finite: bool = False) -> Release:
+                 allow_non_finite: bool = False, prepare: Callable[[UniX], object] | None = None) -> Release:
     """Build the model of a release folder and load its weights, VAE (when generating) and tokenizer.
 
     `tokens`: special-token ids, for models with another vocabulary than the released one (its files don't say).
-    A weight file that is not safetensors, or (unless `allow_non_finite`) a tensor holding NaN or infinity, is a
-    ValueError naming the file and the tensor.
+    `prepare`: called on the model while it is still on the meta device (nothing allocated), before the weights
+    are loaded into it, e.g. `infer.quantize.quantize_decoding`: its int8 layers then quantize each weight as it is
+    read, and the float weights are never in memory whole. A weight file that is not safetensors, or (unless
+    `allow_non_finite`) a tensor holding NaN or infinity, is a ValueError naming the file and the tensor.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -86,8 +89,10 @@ def load_release(folder: str | Path, dtype: torch.dtype = torch.bfloat16, with_g
         raise ValueError(f"{folder}: no model.safetensors")
     cfg = release_config(folder, tokens)
     with torch.device("meta"):
-        model = UniX(cfg, with_generation=with_generation)
-    model = model.to_empty(device=device).to(dtype)
+        model = UniX(cfg, with_generation=with_generation).to(dtype)
+    if prepare is not None:
+        prepare(model)
+    model = model.to_empty(device=device)
     model.reset_fixed_tables()
     load_authors_weights(model, weights, allow_non_finite=allow_non_finite)
     vae = None

@@ -37,9 +37,11 @@ __all__ = [
     "FLOAT_DTYPES",
     "PICKLE_SUFFIXES",
     "check_finite",
+    "find_non_finite",
     "non_finite_count",
     "open_safetensors",
     "read_safetensors",
+    "refuse_non_finite",
     "refuse_pickle",
     "state_dict_mismatch",
     "stored_float_dtype",
@@ -109,24 +111,36 @@ def non_finite_count(tensor: torch.Tensor) -> int:
     return 0 if bool(finite.all()) else int((~finite).sum())
 
 
+def find_non_finite(tensors: Mapping[str, torch.Tensor], where: str | Path) -> tuple[str, int]:
+    """(`WHERE: tensor NAME has N non-finite values ...` for the first tensor holding NaN or infinity, how many
+    tensors hold some); ("", 0) when all are finite. One `torch.isfinite(t).all()` per tensor."""
+    first, count = "", 0
+    for name, tensor in tensors.items():
+        bad = non_finite_count(tensor)
+        if bad:
+            first = first or f"{where}: tensor {name} has {bad} non-finite values (NaN or infinity) of " \
+                             f"{tensor.numel()}"
+            count += 1
+    return first, count
+
+
+def refuse_non_finite(first: str, count: int, allow: bool = False) -> None:
+    """Refuse (ValueError) what `find_non_finite` found, or with `allow` warn once naming the first tensor."""
+    if not count:
+        return
+    if not allow:
+        raise ValueError(f"{first}; refusing to load these weights (to load them anyway: allow_non_finite=True, "
+                         "or --allow-non-finite where a command has it)")
+    log.warning("%s (%d tensor(s) with non-finite values in all); loading them anyway (allow_non_finite)", first,
+                count)
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, allow: bool = False) -> None:
     """Refuse (ValueError) the first tensor holding NaN or infinity: `WHERE: tensor NAME has N non-finite values`.
 
-    `allow=True` loads them anyway, with one warning naming the first. One `torch.isfinite(t).all()` per tensor.
+    `allow=True` loads them anyway, with one warning naming the first.
     """
-    first, tensors_bad = "", 0
-    for name, tensor in tensors.items():
-        bad = non_finite_count(tensor)
-        if not bad:
-            continue
-        message = f"{where}: tensor {name} has {bad} non-finite values (NaN or infinity) of {tensor.numel()}"
-        if not allow:
-            raise ValueError(f"{message}; refusing to load these weights (to load them anyway: allow_non_finite=True"
-                             ", or --allow-non-finite where a command has it)")
-        first, tensors_bad = first or message, tensors_bad + 1
-    if tensors_bad:
-        log.warning("%s (%d tensor(s) with non-finite values in all); loading them anyway (allow_non_finite)", first,
-                    tensors_bad)
+    refuse_non_finite(*find_non_finite(tensors, where), allow=allow)
 
 
 def read_safetensors(path: str | Path, skip: Callable[[str], bool] | None = None,

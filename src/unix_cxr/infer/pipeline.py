@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -349,8 +350,8 @@ class UniXPipeline:
             return cls(model, vae, tokenizer, **settings)
         from ..checkpoint.release import load_release, release_dtype
 
-        release = load_release(path, dtype=release_dtype(path, dtype, device), device=device, tokens=special_tokens)
-        quantize_decoding(release.model, quantize)
+        release = load_release(path, dtype=release_dtype(path, dtype, device), device=device, tokens=special_tokens,
+                               prepare=functools.partial(quantize_decoding, mode=quantize))
         return cls(release.model, release.vae, tokenizer if tokenizer is not None else release.tokenizer, **settings)
 
     @staticmethod

@@ -4,10 +4,21 @@ Decoding streams every understanding-expert and `lm_head` weight once per token,
 bytes over the memory bandwidth: int8 weights halve the bytes of bf16 (a quarter of fp32). `quantize_decoding`
 replaces those `nn.Linear` layers by `Int8Linear`: per-output-channel symmetric int8 (scale = max |w| / 127),
 multiplied by PyTorch's own weight-only int8 kernel (`aten._weight_int8pack_mm`, the one torchao uses on CPU)
-with bf16 activations. That kernel is a matrix-vector product (its time grows with the rows), so calls with more
-than `Int8Linear.max_kernel_rows` rows (the prefill of an image and a prompt) run on the weights dequantised to
-the activations' dtype instead. Every row is computed alone either way, so a row's result does not depend on the
-batch it is in (tested).
+with bf16 activations. That kernel is a matrix-vector product (its time grows with the rows), so it runs only
+inside `decoding_steps()`, which `ReportGenerator.decode` enters (one row per report and step); everywhere else
+(the prefill of an image and a prompt, an image's prompt) the layer runs on its weights dequantised to the
+activations' dtype. The choice follows the phase, never the number of rows a call has, and every row is
+computed alone on either path, so a row's result does not depend on the batch it is in (tested; a choice by
+row count made a batch of five 64 px images switch paths and change its reports).
+
+Paired rows: the kernel streams its weight rows faster the longer they are (measured on an AMX Xeon with 2
+threads, weights read from DRAM: 12.5 GB/s at 2,048 columns, 17-19 GB/s at 4,096-8,192), and a second activation
+row costs it almost nothing. So a weight with at most `Int8Linear.pair_max_in` columns is handed to it as
+(N / 2, 2K), each pair of output rows laid end to end (a view, no copy), against two activation rows per input
+row, [x | 0] and [0 | x]: the kernel then computes the even and the odd outputs in one pass over the same bytes
+(18.5 GB/s at 2,048 columns; `benchmarks/bench_int8.py --kernels`). The zeros add exactly nothing; the per-channel
+scales are applied to the kernel's output afterwards, so the result is the unpaired one up to one more bf16
+rounding.
 
 Not quantized, because it would break or gain nothing: the generation expert, `llm2vae`, `vae2llm` and the
 time embedder (image generation keeps its full-precision weights), SigLIP and the connector (run once per
@@ -16,7 +27,10 @@ image), the embeddings (a lookup), norms and biases.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -25,39 +39,114 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("none", "int8")
+_DECODING = contextvars.ContextVar("unix_cxr_int8_decoding", default=False)
+
+
+@contextlib.contextmanager
+def decoding_steps() -> Iterator[None]:
+    """Within this block Int8Linear layers run the int8 kernel (decoding steps: a row or a few per call);
+    outside it, a dense matmul on their dequantised weights (prefill). No effect on a model without int8 layers."""
+    token = _DECODING.set(True)
+    try:
+        yield
+    finally:
+        _DECODING.reset(token)
+
 _EXPERT_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 class Int8Linear(nn.Module):
     """`nn.Linear` with int8 weights and one float32 scale per output channel."""
 
-    max_kernel_rows = 32  # above this many rows, dequantise and run a dense matmul (prefill)
+    pair_max_in = 4096  # weights with at most this many columns (and an even row count) go to the kernel paired
+    dense_block = 2048  # output channels dequantised at a time outside decoding steps
 
     def __init__(self, linear: nn.Linear) -> None:
+        """From a float layer; on the meta device (a model built for loading), only the shapes are made."""
         super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        weight_int8, scale = _quantize(linear.weight.detach())
+        self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.paired = self.in_features <= self.pair_max_in and self.out_features % 2 == 0
+        # what the kernel is given as scales, in its dtype bf16: all ones when paired (applied afterwards)
+        self.register_buffer("kernel_scale", torch.empty(self.out_features // 2 if self.paired else self.out_features,
+                                                         dtype=torch.bfloat16, device=scale.device), persistent=False)
+        self._refresh_kernel_scale()
 
-    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
-        return (self.weight_int8.float() * self.scale[:, None]).to(dtype)
+    def _refresh_kernel_scale(self) -> None:
+        if not self.kernel_scale.is_meta:
+            self.kernel_scale.copy_(torch.ones_like(self.kernel_scale) if self.paired else self.scale)
+
+    def checkpoint_layout(self) -> dict[str, torch.Tensor]:
+        """The float tensors a checkpoint holds for this layer (`checkpoint.io` loads them through it)."""
+        layout = {"weight": torch.empty(self.out_features, self.in_features, device="meta")}
+        return layout if self.bias is None else {**layout, "bias": self.bias}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """A checkpoint's float weight is quantized as it arrives; a saved int8 state loads as it is."""
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None:
+            weight_int8, scale = _quantize(weight)
+            mine = {prefix + "weight_int8": weight_int8, prefix + "scale": scale}
+            if prefix + "bias" in state_dict:
+                mine[prefix + "bias"] = state_dict[prefix + "bias"]
+            state_dict = mine
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "scale" in state_dict:
+            self._refresh_kernel_scale()
+
+    def dequantized(self, dtype: torch.dtype, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Rows start:end of the float weight (int8 x scale in float32, then one rounding to `dtype`)."""
+        return self.weight_int8[start:end].float().mul_(self.scale[start:end, None]).to(dtype)
+
+    def _dense(self, rows: torch.Tensor) -> torch.Tensor:
+        """A dense matmul on the dequantised weight, `dense_block` output channels at a time (the float
+        temporaries of one block, not of the whole weight: lm_head's are 0.84 GB)."""
+        n, block = self.out_features, self.dense_block
+        if n <= block:
+            return F.linear(rows, self.dequantized(rows.dtype))
+        return torch.cat([F.linear(rows, self.dequantized(rows.dtype, a, a + block)) for a in range(0, n, block)], 1)
+
+    def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        """(T, K) rows -> (T, N) in float32 (paired) or bf16, through the int8 kernel."""
+        x = rows.to(torch.bfloat16)
+        if not self.paired:
+            return torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.kernel_scale)
+        t, k, n = x.shape[0], self.in_features, self.out_features
+        wide = x.new_zeros(t, 2, 2, k)  # row (t, j) holds x[t] in column block j: [x | 0], [0 | x]
+        wide.diagonal(dim1=1, dim2=2).copy_(x[:, :, None])
+        out = torch.ops.aten._weight_int8pack_mm(wide.view(2 * t, 2 * k), self.weight_int8.view(n // 2, 2 * k),
+                                                 self.kernel_scale)  # out[2t + j, m] = weight row 2m + j . x[t]
+        return (out.view(t, 2, n // 2).transpose(1, 2).float() * self.scale.view(n // 2, 2)).reshape(t, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] <= self.max_kernel_rows:
-            out = torch.ops.aten._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight_int8,
-                                                     self.scale.to(torch.bfloat16)).to(x.dtype)
-        else:
-            out = F.linear(rows, self.dequantized(x.dtype))
+        out = self._kernel(rows).to(x.dtype) if _DECODING.get() else self._dense(rows)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+        paired = ", rows paired" if self.paired else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel{paired}"
+
+
+def _quantize(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (int8 weight, float32 scale per output channel), symmetric: max |w| / 127.
+
+    In blocks of `chunk_rows` rows, so that the float32 temporaries stay small (lm_head in float32 is 0.84 GB)."""
+    weight_int8 = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], chunk_rows):
+        block = weight[start:start + chunk_rows].float()
+        s = block.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+        weight_int8[start:start + chunk_rows] = torch.round(block / s[:, None]).clamp(-127, 127)
+        scale[start:start + chunk_rows] = s
+    return weight_int8, scale
 
 
 def _swap(parent: nn.Module, dotted: str) -> tuple[int, int]:
@@ -92,4 +181,4 @@ def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "Int8Linear", "quantize_decoding"]
+__all__ = ["QUANTIZE_CHOICES", "Int8Linear", "decoding_steps", "quantize_decoding"]

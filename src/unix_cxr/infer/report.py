@@ -16,6 +16,7 @@ import torch
 from ..config import DecodingConfig, SpecialTokens
 from ..model.decoder import CacheAttention, KVCache
 from ..model.unix import UniX
+from .quantize import decoding_steps
 
 
 @dataclass
@@ -114,9 +115,10 @@ class ReportGenerator:
         done = torch.zeros(b, dtype=torch.bool, device=position.device)
         chosen, logits_per_step = [], []
         for _ in range(max_new_tokens):
-            hidden = model.decoder(model.embed_text(current[:, None]), position[:, None], None,
-                                   CacheAttention(cache, causal=True, write=True))
-            logits = model.logits(hidden[:, 0])
+            with decoding_steps():  # int8 layers (--quantize int8) run their decoding kernel
+                hidden = model.decoder(model.embed_text(current[:, None]), position[:, None], None,
+                                       CacheAttention(cache, causal=True, write=True))
+                logits = model.logits(hidden[:, 0])
             if keep_logits:
                 logits_per_step.append(logits.float().cpu())
             current = choose_next(logits, decoding, generator)

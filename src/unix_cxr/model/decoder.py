@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
+from ..utils.dtype_policy import native_bf16
 from .attention import PackedStep, cached_attention, check_backend
 from .masks import PackedLayout, cache_attention_mask
 from .rope import apply_rope, rope_cos_sin
@@ -238,10 +239,12 @@ class MoTDecoder(nn.Module):
         self.attention_backend = check_backend(name)
 
     def new_cache(self, batch: int, capacity: int, dtype: torch.dtype | None = None) -> KVCache:
-        """A cache in the weights' dtype, except on CPU, where it is float32: CPUs without bf16 arithmetic run
-        bf16 attention several times slower than fp32 (docs/benchmarks.md), and the cache is small."""
+        """A cache in the weights' dtype, except on CPU, where it is float32 unless the weights are bf16 and the
+        CPU has native bf16: CPUs without it run bf16 attention several times slower than fp32
+        (docs/benchmarks.md), and with it the bf16 cache is the faster one (half the bytes a decoding step reads)."""
         w = self.embed_tokens.weight
-        default = torch.float32 if w.device.type == "cpu" else w.dtype
+        cpu_fp32 = w.device.type == "cpu" and not (w.dtype == torch.bfloat16 and native_bf16(w.device))
+        default = torch.float32 if cpu_fp32 else w.dtype
         return KVCache(self.cfg.num_layers, batch, self.cfg.num_kv_heads, capacity, self.cfg.head_dim,
                        dtype or default, w.device)
 
