@@ -629,13 +629,35 @@ def bench_full(args) -> None:
     gc.collect()
 
 
+def bench_int8(args) -> None:
+    """Full-size report-only decoding in bf16 and with int8 weights (`benchmarks/bench_int8.py`: each mode loads a
+    release folder in a fresh process) as shares of the bandwidth bound of each, and the int8 job's peak memory."""
+    import bench_int8
+
+    bw = measure_bandwidth(args)
+    best = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
+    record("int8", "memory bandwidth (best streaming read)", best, "GB/s", f"{args.bw_gb:g} GB buffer")
+    rows = bench_int8.run_modes(argparse.Namespace(
+        release=None, quick=args.quick, threads=args.threads, new_tokens=args.full_new_tokens,
+        repeats=args.full_repeats, prompt_len=32))
+    for mode, r in rows.items():
+        bound = r["bytes"] / (best * 1e9)
+        record("int8", f"s/decoded token {mode}", r["s_tok"], "s", f"{r['context']} context tokens, "
+               f"{r['bytes'] / 1e9:.3f} GB of weights per token")
+        record("int8", f"share of the bandwidth bound {mode}", bound / r["s_tok"], "",
+               f"bound {bound:.4f} s; targets: int8 >= 0.70, the storage dtype >= 0.85")
+        record("int8", f"peak RSS {mode} job", r["peak"] / 1e9, "GB",
+               f"load + prefill + decoding, runtime {r['base'] / 1e9:.2f} GB included; target (int8) <= 3")
+
+
 # ---- main -----------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min): checks that the script works")
-    p.add_argument("--skip-full", action="store_true", help="skip (iii), the unix-full preset, and kern")
+    p.add_argument("--skip-full", action="store_true", help="skip (iii), the unix-full preset, kern and int8")
     p.add_argument("--skip-denoise", action="store_true", help="skip the full-size denoising step in (iii)")
-    p.add_argument("--only", choices=["i", "ii", "iii", "kern"], nargs="+", help="run only these sections")
+    p.add_argument("--only", choices=["i", "ii", "iii", "kern", "int8"], nargs="+",
+                   help="run only these sections")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median) in (i) and (ii)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -693,9 +715,9 @@ def main(argv=None) -> None:
     cpu = cpu_model()
     log.info("machine: %s, %d threads, torch %s, python %s", cpu, torch.get_num_threads(), torch.__version__,
              platform.python_version())
-    sections = set(args.only or ["i", "ii", "iii", "kern"])
+    sections = set(args.only or ["i", "ii", "iii", "kern", "int8"])
     if args.skip_full:
-        sections -= {"iii", "kern"}
+        sections -= {"iii", "kern", "int8"}
     torch.manual_seed(0)
     if sections & {"i", "ii"}:
         cfg = mid_config(args)
@@ -711,6 +733,8 @@ def main(argv=None) -> None:
         bench_kernels(args)
     if "iii" in sections:
         bench_full(args)
+    if "int8" in sections:
+        bench_int8(args)
     print_table()
     if args.json:
         args.json.write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "cpu": cpu,

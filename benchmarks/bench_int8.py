@@ -133,6 +133,24 @@ def kernel_speeds() -> list[tuple[str, float, float]]:
     return out
 
 
+def run_modes(args) -> dict[str, dict]:
+    """Figures of each mode ("bf16", "int8"), each measured in a fresh process on `args.release` (or on a random
+    release folder written for the run and removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
+        release = args.release
+        if release is None:
+            release = Path(tmp) / "release"
+            write_random_release(quick_config() if args.quick else load_config("unix-full"), release)
+        rows = {}
+        for mode in ("bf16", "int8"):
+            cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
+                   str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+                   "--prompt-len", str(args.prompt_len)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows[mode] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--new-tokens", type=int, default=16)
@@ -154,18 +172,7 @@ def main(argv=None) -> None:
     bw = measure_bandwidth(argparse.Namespace(bw_gb=args.bw_gb))
     read_gbs = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
     print(f"streaming read bandwidth {read_gbs:.2f} GB/s ({args.bw_gb:g} GB buffer)")
-    with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
-        release = args.release
-        if release is None:
-            release = Path(tmp) / "release"
-            write_random_release(quick_config() if args.quick else load_config("unix-full"), release)
-        rows = {}
-        for mode in ("bf16", "int8"):
-            cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
-                   str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-                   "--prompt-len", str(args.prompt_len)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows[mode] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    rows = run_modes(args)
     print(f"\nreport-only, batch 1, {rows['bf16']['context']} context tokens, {args.new_tokens} new tokens, median "
           f"of {args.repeats}; each mode in a fresh process")
     print(f"{'weights':8} {'GB/token':>9} {'s/token':>8} {'bound s':>8} {'of bound':>9} {'prefill s':>10} "
