@@ -1,4 +1,5 @@
-"""Weight-only int8 for report decoding (`--quantize int8`), applied to a loaded model from outside it.
+"""Weight-only int8 for report decoding (`--quantize int8`), applied from outside the model: to a loaded model, or
+before its weights are read (`load_release(prepare=quantize_decoding)`: each weight is quantized as it arrives).
 
 Decoding streams every understanding-expert and `lm_head` weight once per token, so its speed is the weight
 bytes over the memory bandwidth: int8 weights halve the bytes of bf16 (a quarter of fp32). `quantize_decoding`
@@ -7,18 +8,19 @@ multiplied by PyTorch's own weight-only int8 kernel (`aten._weight_int8pack_mm`,
 with bf16 activations. That kernel is a matrix-vector product (its time grows with the rows), so it runs only
 inside `decoding_steps()`, which `ReportGenerator.decode` enters (one row per report and step); everywhere else
 (the prefill of an image and a prompt, an image's prompt) the layer runs on its weights dequantised to the
-activations' dtype. The choice follows the phase, never the number of rows a call has, and every row is
-computed alone on either path, so a row's result does not depend on the batch it is in (tested; a choice by
-row count made a batch of five 64 px images switch paths and change its reports).
+activations' dtype. The choice follows the phase, never the number of rows a call has: the kernel computes each
+row alone (bit-identical in any batch, tested), and the dense path is an ordinary float matmul, as batch-invariant
+as the unquantized model's layers. (A choice by row count made a batch of five 64 px images switch paths and
+change its greedy reports.)
 
 Paired rows: the kernel streams its weight rows faster the longer they are (measured on an AMX Xeon with 2
-threads, weights read from DRAM: 12.5 GB/s at 2,048 columns, 17-19 GB/s at 4,096-8,192), and a second activation
-row costs it almost nothing. So a weight with at most `Int8Linear.pair_max_in` columns is handed to it as
+threads, weights read from DRAM: 12.6 GB/s at 2,048 columns, 17.6 at 5,632), and a second activation row costs
+it almost nothing. So a weight with at most `Int8Linear.pair_max_in` columns is handed to it as
 (N / 2, 2K), each pair of output rows laid end to end (a view, no copy), against two activation rows per input
 row, [x | 0] and [0 | x]: the kernel then computes the even and the odd outputs in one pass over the same bytes
-(18.5 GB/s at 2,048 columns; `benchmarks/bench_int8.py --kernels`). The zeros add exactly nothing; the per-channel
-scales are applied to the kernel's output afterwards, so the result is the unpaired one up to one more bf16
-rounding.
+(16.4 GB/s at 2048 x 2048; `benchmarks/bench_int8.py --kernels`, docs/benchmarks.md). The zeros add exactly
+nothing; the per-channel scales are applied to the kernel's output afterwards, so the result is the unpaired one
+up to one more bf16 rounding.
 
 Not quantized, because it would break or gain nothing: the generation expert, `llm2vae`, `vae2llm` and the
 time embedder (image generation keeps its full-precision weights), SigLIP and the connector (run once per
@@ -51,6 +53,7 @@ def decoding_steps() -> Iterator[None]:
         yield
     finally:
         _DECODING.reset(token)
+
 
 _EXPERT_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
