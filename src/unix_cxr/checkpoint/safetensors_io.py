@@ -118,8 +118,8 @@ def find_non_finite(tensors: Mapping[str, torch.Tensor], where: str | Path) -> t
     for name, tensor in tensors.items():
         bad = non_finite_count(tensor)
         if bad:
-            first = first or f"{where}: tensor {name} has {bad} non-finite values (NaN or infinity) of " \
-                             f"{tensor.numel()}"
+            first = first or (f"{where}: tensor {name} has {bad} non-finite values (NaN or infinity) of "
+                              f"{tensor.numel()}")
             count += 1
     return first, count
 

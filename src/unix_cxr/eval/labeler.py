@@ -809,8 +809,8 @@ def _build_groups(findings: dict[str, tuple[str, ...]], attributes: dict[str, tu
           for kind, table in (("finding", findings), ("hedged", HEDGED_FINDINGS),
                               ("blunting", {"Pleural Other": blunting} if blunting else {}))
           for obs, pats in table.items()),
-        *(("clear", name, regex, _KEYWORDS[("clear", name)]) for name, (regex, _) in CLEAR_STATEMENTS.items()),
-        *(("attribute", obs, _compile(pats), _KEYWORDS[("attribute", obs)]) for obs, pats in attributes.items()),
+        *(("clear", name, regex, keywords[("clear", name)]) for name, (regex, _) in CLEAR_STATEMENTS.items()),
+        *(("attribute", obs, _compile(pats), keywords[("attribute", obs)]) for obs, pats in attributes.items()),
     )
 
 
@@ -961,8 +961,8 @@ class Labeler:
                 start, end = match.span()
                 if kind == "attribute" and any(s <= start < e for s, e in spans.get(obs, ())):
                     continue  # part of a finding mention of the same observation
-                if _not_a_mention(obs, sentence, start, end, self._exclusions) or ("if " in sentence
-                                                                  and _CONDITIONAL.search(sentence, 0, start)):
+                if _not_a_mention(obs, sentence, start, end, self._exclusions) or (
+                        "if " in sentence and _CONDITIONAL.search(sentence, 0, start)):
                     continue
                 if kind == "clear":
                     cleared = CLEAR_STATEMENTS[obs][1]
