@@ -299,7 +299,7 @@ def random_ids(n: int, cfg: UniXConfig, batch: int, seed: int) -> list[list[int]
 
 def no_stop(gen: ReportGenerator) -> ReportGenerator:
     """The same generator with an EOS id that can never be produced: decoding always runs max_new_tokens."""
-    out = ReportGenerator(gen.model, gen.decoding)
+    out = ReportGenerator(gen.model, gen.decoding, compile=gen.compile)
     out.tokens = replace(gen.tokens, eos=-1)
     return out
 
@@ -328,7 +328,7 @@ def bench_report(args, base: UniX) -> None:
         dtype = DTYPES[dtype_name]
         model = base.to(dtype)  # in place
         hf = und_to_qwen3(model, share_weights=True)
-        gen = ReportGenerator(model)
+        gen = ReportGenerator(model, compile=args.compile)  # the compile happens in the untimed warm-up
         decoder_only = no_stop(gen)
         for batch in args.batches:
             tag = f"{dtype_name} b{batch}"
@@ -678,6 +678,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (without special tokens)")
     g.add_argument("--new-tokens", type=int, default=64)
     g.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    g.add_argument("--compile", action="store_true", help="(i): our decoding step through torch.compile")
     g.add_argument("--dtypes", choices=sorted(DTYPES), nargs="+", default=["fp32", "bf16"])
     g.add_argument("--sample-size", type=int, default=256, help="image side in px for (ii) (latent grid /16)")
     g.add_argument("--sample-timesteps", type=int, default=10, help="time-grid points (steps + 1) for (ii)")

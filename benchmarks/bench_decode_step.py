@@ -8,21 +8,29 @@ seconds per step (median of `--repeats` runs of `--new-tokens` steps from the sa
 operators dispatched per step (`torch.profiler`), the most dispatched ones, and the overhead per layer. Compare
 the figures of two commits on one machine.
 
-Usage: python benchmarks/bench_decode_step.py [--layers 24] [--new-tokens 32] [--repeats 5]
+`--compile` times the compiled step (`ReportGenerator(compile=True)`) next to the eager one and prints the compile
+time. `--kernels` adds what a one-row product costs at the full model's weight shapes: `F.linear` against
+`torch.mv` (what `model.linear.Linear` runs for one bf16 row on CPU), in bf16 and float32, with the weights cycled
+through about 1 GB so that they come from DRAM, as in decoding.
+
+Usage: python benchmarks/bench_decode_step.py [--layers 24] [--new-tokens 32] [--repeats 5] [--compile] [--kernels]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import build_random, cpu_model, no_stop, random_ids, random_pixels, timed
+from bench_core import build_random, cpu_model, no_stop, random_ids, random_pixels, timed, timed_interleaved
 
 from unix_cxr.config import load_config
 from unix_cxr.infer.report import ReportGenerator
@@ -36,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top", type=int, default=12, help="list the N most dispatched ATen operators")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled step against the eager one")
+    parser.add_argument("--kernels", action="store_true", help="also time one-row products, F.linear against mv")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     log.info("python benchmarks/bench_decode_step.py %s", " ".join(argv or sys.argv[1:]))
@@ -58,6 +68,22 @@ def main(argv: list[str] | None = None) -> int:
         state.cache.lens = lens0.clone()
         gen.decode(state, args.new_tokens)
 
+    if args.compile:
+        compiled = ReportGenerator(model, compile=True)
+        fast = no_stop(compiled)
+        t0 = time.perf_counter()
+        state.cache.lens = lens0.clone()
+        fast.decode(state, 1)
+        log.info("compile (first step): %.1f s", time.perf_counter() - t0)
+
+        def run_compiled() -> None:
+            state.cache.lens = lens0.clone()
+            fast.decode(state, args.new_tokens)
+
+        times = timed_interleaved({"eager": run, "compiled": run_compiled}, args.repeats)
+        for name, t in times.items():
+            log.info("%s step: %.3f ms (median of %d runs of %d steps; other processes used %.0f%% of the CPU)", name,
+                     1e3 * t.median / args.new_tokens, args.repeats, args.new_tokens, 100 * t.other_cpu)
     r = timed(run, args.repeats)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run()
@@ -69,7 +95,34 @@ def main(argv: list[str] | None = None) -> int:
              1e3 * min(r.times) / args.new_tokens, 100 * r.other_cpu, ops, 1e6 * step / args.layers)
     top = [f"{e.key.removeprefix('aten::')} {e.count / args.new_tokens:.0f}" for e in aten[:args.top]]
     log.info("most dispatched, per step: %s", ", ".join(top))
+    if args.kernels:
+        one_row_products()
     return 0
+
+
+def _mv_product(row: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.mv(weight, row[0])
+
+
+def _each(product, weights: list[torch.Tensor], row: torch.Tensor) -> None:
+    for w in weights:
+        product(row[None], w)
+
+
+def one_row_products(shapes=((2048, 2048), (5632, 2048), (2048, 5632), (102400, 2048)), cycled_bytes=1e9) -> None:
+    """GB/s of one activation row times each weight shape, F.linear against torch.mv, weights from DRAM."""
+    for dtype in (torch.bfloat16, torch.float32):
+        for n, k in shapes:
+            count = max(2, int(cycled_bytes // (n * k * dtype.itemsize)))
+            weights = [torch.randn(n, k, dtype=dtype) for _ in range(count)]
+            row = torch.randn(k, dtype=dtype)
+            speeds = []
+            for product in (F.linear, _mv_product):
+                t = timed(functools.partial(_each, product, weights, row), 5)
+                speeds.append(count * n * k * dtype.itemsize / t.median / 1e9)
+            log.info("one-row product %-9s %6d x %-5d F.linear %5.1f GB/s, mv %5.1f GB/s (%.2fx)",
+                     str(dtype).removeprefix("torch."), n, k, *speeds, speeds[1] / speeds[0])
+            del weights
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from bench_core import (
 )
 
 from unix_cxr.config import load_config
-from unix_cxr.infer.quantize import quantize_decoding
+from unix_cxr.infer.quantize import Int8Embedding, quantize_decoding
 from unix_cxr.infer.report import ReportGenerator
 
 
@@ -56,9 +56,11 @@ def tensor_bytes(module: nn.Module) -> int:
 def decode_bytes(model) -> int:
     """Weight bytes one decoded token reads (the vision tower is not touched after the prefill)."""
     dec = model.decoder
-    row = dec.embed_tokens.weight[0]
+    table = dec.embed_tokens
+    int8_rows = isinstance(table, Int8Embedding)
+    row = table.weight_int8[0] if int8_rows else table.weight[0]
     return (sum(tensor_bytes(layer.und) for layer in dec.layers) + tensor_bytes(dec.norm)
-            + row.numel() * row.element_size() + tensor_bytes(model.lm_head))
+            + row.numel() * row.element_size() + 4 * int8_rows + tensor_bytes(model.lm_head))
 
 
 def decode_seconds(model, args) -> tuple[float, float, int]:

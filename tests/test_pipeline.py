@@ -134,6 +134,14 @@ def test_report_from_path_pil_and_array_is_the_same(pipe, radiograph):
     assert pipe.read([pixels, pixels]) == [first.text, first.text]
 
 
+def test_compiled_decoding_reads_the_same_reports(pipe, tokenizer, radiograph):
+    """`compile_decoding=True` (the CLI's --compile) reaches the report engine and changes no report."""
+    compiled = UniXPipeline.from_pretrained("tiny", tokenizer=tokenizer, compile_decoding=True, **SETTINGS)
+    assert compiled.reporter.compile and not pipe.reporter.compile
+    _, pixels = radiograph
+    assert compiled.read([pixels, pixels[::-1]]) == pipe.read([pixels, pixels[::-1]])
+
+
 def test_report_token_stream_gets_every_token(pipe, radiograph):
     path, _ = radiograph
     images = [path, np.full((40, 48), 128, np.uint8), np.zeros((32, 32, 3), np.uint8)]  # two batches of <= 2

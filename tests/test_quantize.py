@@ -13,7 +13,7 @@ from torch import nn
 
 from unix_cxr.config import load_config
 from unix_cxr.infer.pipeline import UniXPipeline
-from unix_cxr.infer.quantize import Int8Linear, decoding_steps, quantize_decoding
+from unix_cxr.infer.quantize import Int8Embedding, Int8Linear, decoding_steps, quantize_decoding
 from unix_cxr.model.unix import UniX
 
 
@@ -92,6 +92,7 @@ def test_quantizing_while_loading_equals_quantizing_the_loaded_model():
     while_loading = load_release(folder, dtype=torch.float32, with_generation=False,
                                  prepare=functools.partial(quantize_decoding, mode="int8")).model
     assert isinstance(while_loading.lm_head, Int8Linear)
+    assert isinstance(while_loading.decoder.embed_tokens, Int8Embedding)
     a, b = after.state_dict(), while_loading.state_dict()
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     assert all(torch.equal(m.kernel_scale, n.kernel_scale) for m, n in zip(
@@ -103,6 +104,27 @@ def test_quantizing_while_loading_equals_quantizing_the_loaded_model():
             == ReportGenerator(while_loading).generate(pixels, prompt, max_new_tokens=12).token_ids)
 
 
+def test_int8_embedding_rows_are_the_float_rows_within_half_a_step():
+    torch.manual_seed(0)
+    table = nn.Embedding(50, 24)
+    q = Int8Embedding(table)
+    ids = torch.tensor([[0, 7, 49], [7, 7, 3]])
+    rows, ref = q(ids), table(ids)
+    assert rows.shape == ref.shape and rows.dtype == torch.float32
+    assert (rows - ref).abs().le(q.scale[ids, None] / 2 + 1e-7).all() and not torch.equal(rows, ref)
+    assert q.weight_int8.dtype == torch.int8
+    assert q.to(torch.bfloat16)(ids).dtype == torch.bfloat16  # the rows follow the model's dtype
+
+
+def test_tied_embeddings_are_quantized_once_as_lm_head():
+    from dataclasses import replace
+
+    cfg = load_config("tiny")
+    cfg.decoder = replace(cfg.decoder, tie_word_embeddings=True)
+    model = quantize_decoding(UniX(cfg.validate()).eval(), "int8")
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.decoder.embed_tokens, nn.Embedding)
+
+
 def test_only_what_decoding_streams_is_quantized():
     model = UniX(load_config("tiny")).eval()
     gen_before = {k: v.clone() for k, v in model.state_dict().items() if ".gen." in k}
@@ -112,6 +134,8 @@ def test_only_what_decoding_streams_is_quantized():
     assert "lm_head" in quantized and len(quantized) == 7 * layers + 1
     assert all(name == "lm_head" or ".und." in name for name in quantized)
     assert not any(isinstance(m, Int8Linear) for m in model.vision.modules())
+    assert isinstance(model.decoder.embed_tokens, Int8Embedding)
+    assert model.dtype == torch.float32  # read off the norms, not the int8 table
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in gen_before.items())  # the generation expert is untouched
     with pytest.raises(ValueError, match="quantize must be one of"):

@@ -21,6 +21,9 @@ def add_model_options(p: argparse.ArgumentParser, default_batch: int = 4) -> Non
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: weight-only int8 for report decoding (understanding expert and lm_head; images keep "
                         "full-precision weights; docs/usage.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the report decoding step with torch.compile (tens of seconds once, then faster "
+                        "steps; docs/usage.md)")
     p.add_argument("--batch-size", type=int, default=default_batch, help="images or reports per model call")
 
 
@@ -39,4 +42,4 @@ def load_pipeline(args: argparse.Namespace, **settings: Any):
         raise ValueError(f"--model {args.model}: not a folder (give a release folder, or 'demo')")
     settings.setdefault("labeler", Labeler())
     return UniXPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, batch_size=args.batch_size,
-                                        quantize=args.quantize, **settings)
+                                        quantize=args.quantize, compile_decoding=args.compile, **settings)

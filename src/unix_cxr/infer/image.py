@@ -69,7 +69,7 @@ class ImageGenerator:
     def encode_context(self, prompt_ids: list[list[int]]) -> KVCache:
         """Prefill [BOS] prompt [EOS] of every prompt (ids without special tokens) into one cache."""
         model, tok = self.model, self.tokens
-        device = model.decoder.embed_tokens.weight.device
+        device = model.device
         blocks = [[tok.bos, *p, tok.eos] for p in prompt_ids]
         lens = torch.tensor([len(b) for b in blocks], device=device)
         longest = int(lens.max())
@@ -119,7 +119,7 @@ class ImageGenerator:
             raise ValueError(f"image size {height}x{width} is not a multiple of the VAE factor {self.downsample}")
         grid = (height // self.downsample, width // self.downsample)
         b, n, c = len(prompt_ids), grid[0] * grid[1], self.model.cfg.vae.z_channels
-        device = self.model.decoder.embed_tokens.weight.device
+        device = self.model.device
         if init_noise is None:
             init_noise = torch.stack([torch.randn(n, c, generator=generator) for _ in range(b)])
         if init_noise.shape != (b, n, c):

@@ -253,6 +253,9 @@ class UniXPipeline:
         read_seed: seed of ``report``/``read`` when decoding samples (``do_sample``); greedy decoding needs none. With
             sampling the texts also depend on ``batch_size`` (one generator across each batch).
         progress: a progress bar over the batches.
+        compile_decoding: run each report decoding step through ``torch.compile``
+            (:class:`~unix_cxr.infer.report.ReportGenerator`'s ``compile``): a compile of tens of seconds on a CPU,
+            then a faster step (docs/usage.md has the measured figures); off by default.
         labeler: what ``report(..., labels=True)`` labels the texts with: ``label_many(texts) -> [labels]`` or
             ``label(text) -> labels`` (e.g. :class:`unix_cxr.eval.labeler.Labeler`).
 
@@ -265,7 +268,7 @@ class UniXPipeline:
                  decoding: Mapping[str, Any] | None = None, sampling: Mapping[str, Any] | None = None,
                  image_size: int | None = None, pad: str = "white", batch_size: int = 4, read_seed: int = 0,
                  progress: bool = False, name: str = "UniX", labeler: Any = None,
-                 batch_invariant: bool = True) -> None:
+                 batch_invariant: bool = True, compile_decoding: bool = False) -> None:
         from ..data.sources import as_tokenize
         from ..data.transforms import SIGLIP_PADS, vae_size
         from .image import ImageGenerator
@@ -293,7 +296,7 @@ class UniXPipeline:
         self.batch_invariant = batch_invariant
         self._encode = as_tokenize(tokenizer)
         self.prompt_ids = self._encode(self.report_prompt)
-        self.reporter = ReportGenerator(model)
+        self.reporter = ReportGenerator(model, compile=compile_decoding)
         self.drawer = ImageGenerator(model, None, vae)
 
     @classmethod
@@ -413,7 +416,7 @@ class UniXPipeline:
         pixels = [siglip_transform(_grey_input(img, i), vision, pad=self.pad) for i, img in enumerate(items)]
         decoding = replace(self.reporter.decoding, **self.decoding)
         steps = decoding.max_new_tokens
-        device = self.model.decoder.embed_tokens.weight.device
+        device = self.model.device
         generator = torch.Generator(device=device).manual_seed(self.read_seed) if decoding.do_sample else None
         out: list[Report] = []
         for start in self._batches(len(pixels), f"{self.name}: reading"):

@@ -8,6 +8,7 @@ Rows may have prompts of different lengths and stop at different steps; the cach
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -55,11 +56,34 @@ def choose_next(logits: torch.Tensor, decoding: DecodingConfig, generator: torch
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def decode_step(model: UniX, ids: torch.Tensor, position: torch.Tensor, cache: KVCache,
+                read: int | None = None) -> torch.Tensor:
+    """One decoding step: the (B,) ids just chosen, at RoPE positions (B,), are written into the cache after each
+    row's valid prefix and attended with it; -> next-token logits (B, V). `read`: see `CacheAttention` (a
+    compiled step passes the columns to read, so that its graph does not depend on the values of `cache.lens`)."""
+    hidden = model.decoder(model.embed_text(ids[:, None]), position[:, None], None,
+                           CacheAttention(cache, causal=True, write=True, read=read))
+    return model.logits(hidden[:, 0])
+
+
+@functools.cache
+def compiled_decode_step() -> Callable:
+    """`decode_step` through `torch.compile` (one graph for any batch, cache capacity and step: dynamic shapes),
+    made once per process; its kernels are compiled on the first call of each model."""
+    return torch.compile(decode_step, fullgraph=True, dynamic=True)
+
+
 class ReportGenerator:
-    def __init__(self, model: UniX, decoding: DecodingConfig | None = None):
+    """compile: run each decoding step through `torch.compile` (`compiled_decode_step`): the norms, RoPE, cache
+    writes and the per-operator dispatch of a step fused into a few kernels, the matmuls left to their libraries.
+    It pays after a compile of tens of seconds per process (docs/benchmarks.md); the tokens are those of the
+    eager step (tested), the logits equal to rounding."""
+
+    def __init__(self, model: UniX, decoding: DecodingConfig | None = None, compile: bool = False):
         self.model = model
         self.tokens: SpecialTokens = model.cfg.tokens
         self.decoding = decoding or model.cfg.decoding
+        self.compile = compile
 
     def prompt_block(self, prompt_ids: list[int], double_bos: bool | None = None) -> list[int]:
         """[BOS] (+[BOS]) prompt [EOS] for ids of the prompt text encoded without special tokens."""
@@ -74,7 +98,7 @@ class ReportGenerator:
         b = pixel_values.shape[0]
         if len(prompt_blocks) != b:
             raise ValueError(f"{b} images but {len(prompt_blocks)} prompts")
-        device = model.decoder.embed_tokens.weight.device
+        device = model.device
         vis = model.embed_images(pixel_values.to(device))  # (B, N, D)
         markers = model.embed_text(torch.tensor([tok.start_of_image, tok.end_of_image], device=device))
         image = torch.cat([markers[0].expand(b, 1, -1), vis, markers[1].expand(b, 1, -1)], dim=1)
@@ -114,11 +138,15 @@ class ReportGenerator:
         current = torch.full((b,), self.tokens.bos, dtype=torch.long, device=position.device)
         done = torch.zeros(b, dtype=torch.bool, device=position.device)
         chosen, logits_per_step = [], []
+        step = compiled_decode_step() if self.compile else decode_step
+        if self.compile:  # symbolic: batch and capacity; static: layers, kv heads, head_dim
+            for t in (cache.k, cache.v):
+                for dim in (0, 2, 4):
+                    torch._dynamo.mark_static(t, dim)
         for _ in range(max_new_tokens):
+            read = int(cache.lens.max()) + 1 if self.compile else None
             with decoding_steps():  # int8 layers (--quantize int8) run their decoding kernel
-                hidden = model.decoder(model.embed_text(current[:, None]), position[:, None], None,
-                                       CacheAttention(cache, causal=True, write=True))
-                logits = model.logits(hidden[:, 0])
+                logits = step(model, current, position, cache, read)
             if keep_logits:
                 logits_per_step.append(logits.float().cpu())
             current = choose_next(logits, decoding, generator)

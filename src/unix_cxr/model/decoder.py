@@ -22,6 +22,7 @@ from torch import nn
 from ..config import DecoderConfig
 from ..utils.dtype_policy import native_bf16
 from .attention import PackedStep, cached_attention, check_backend
+from .linear import Linear
 from .masks import PackedLayout, cache_attention_mask
 from .rope import apply_rope, rope_cos_sin
 
@@ -48,9 +49,9 @@ def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_proj = Linear(dim, hidden, bias=False)
+        self.up_proj = Linear(dim, hidden, bias=False)
+        self.down_proj = Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -63,12 +64,12 @@ class Expert(nn.Module):
         super().__init__()
         d, kv = cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * d, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.q_proj = Linear(cfg.hidden_size, cfg.num_heads * d, bias=cfg.qkv_bias)
+        self.k_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.v_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
-        self.o_proj = nn.Linear(cfg.num_heads * d, cfg.hidden_size, bias=False)
+        self.o_proj = Linear(cfg.num_heads * d, cfg.hidden_size, bias=False)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
         self.head_dim = d
@@ -137,11 +138,15 @@ class KVCache:
             self.v[layer, :, :, start:start + length] = v_BKLd
             return
         b, heads, length, _ = k_BKLd.shape
-        pos = (self.lens[:, None] + torch.arange(length, device=self.lens.device))[:, None, :]  # (B, 1, L)
-        rows = torch.arange(b, device=pos.device)[:, None, None]
-        head_idx = torch.arange(heads, device=pos.device)[None, :, None]
-        self.k[layer][rows, head_idx, pos] = k_BKLd
-        self.v[layer][rows, head_idx, pos] = v_BKLd
+        device = self.lens.device
+        pos = (self.lens[:, None] + torch.arange(length, device=device))[:, None, :]  # (B, 1, L)
+        rows = torch.arange(b, device=device)[:, None, None]
+        head_idx = torch.arange(heads, device=device)[None, :, None]
+        # indexing the whole tensor (not the view self.k[layer]): torch.compile then writes in place instead of
+        # copying the cache of every layer at every step
+        index = (torch.full((1, 1, 1), layer, device=device), rows, head_idx, pos)
+        self.k.index_put_(index, k_BKLd)
+        self.v.index_put_(index, v_BKLd)
 
     def view(self, layer: int, used: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[layer, :, :, :used], self.v[layer, :, :, :used]
@@ -158,15 +163,27 @@ class KVCache:
 
 @dataclass(frozen=True)
 class CacheAttention:
-    """How a query block meets the cache: written into it (prefill / decoding) or only read (denoising)."""
+    """How a query block meets the cache: written into it (prefill / decoding) or only read (denoising).
+
+    `read`, for a written block: the cache columns every layer reads, given by the caller (at least the longest
+    row's length after the write). Then nothing in the forward depends on the values of `lens` (each row is
+    written at its own length by a scatter, and the mask hides what a row does not own), so a compiled decoding
+    step traces one graph for every step; without it the forward reads `lens` to choose the columns and the write.
+    """
 
     cache: KVCache
     causal: bool
     write: bool
+    read: int | None = None
 
     def prepare(self, query_len: int, backend: str) -> CacheStep:
         """What every layer of one forward shares, computed once: mask, cache columns read, write offset."""
         lens = self.cache.lens
+        if self.read is not None:
+            if not self.write or self.read > self.cache.capacity:
+                raise ValueError(f"read={self.read} needs a written block and at most {self.cache.capacity} columns")
+            mask = cache_attention_mask(lens, query_len, self.causal, self.read, appended=True)
+            return CacheStep(self, mask, self.read, None, backend)
         longest = int(lens.max())
         uniform = bool((lens == longest).all())
         if self.write:
@@ -242,7 +259,7 @@ class MoTDecoder(nn.Module):
         """A cache in the weights' dtype, except on CPU, where it is float32 unless the weights are bf16 and the
         CPU has native bf16: CPUs without it run bf16 attention several times slower than fp32
         (docs/benchmarks.md), and with it the bf16 cache is the faster one (half the bytes a decoding step reads)."""
-        w = self.embed_tokens.weight
+        w = self.norm.weight  # the compute dtype (the embeddings may be int8)
         cpu_fp32 = w.device.type == "cpu" and not (w.dtype == torch.bfloat16 and native_bf16(w.device))
         default = torch.float32 if cpu_fp32 else w.dtype
         return KVCache(self.cfg.num_layers, batch, self.cfg.num_kv_heads, capacity, self.cfg.head_dim,

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import UniXConfig
 from .decoder import MoTDecoder
 from .embeddings import PositionTable, TimestepEmbedder, sincos_2d_table
+from .linear import Linear
 from .masks import PackedLayout
 from .vision import VisionEncoder
 
@@ -67,7 +68,7 @@ class UniX(nn.Module):
         self.with_generation = with_generation
         d = cfg.decoder.hidden_size
         self.decoder = MoTDecoder(cfg.decoder, with_generation=with_generation)
-        self.lm_head = nn.Linear(d, cfg.decoder.vocab_size, bias=False)
+        self.lm_head = Linear(d, cfg.decoder.vocab_size, bias=False)
         if cfg.decoder.tie_word_embeddings:
             self.lm_head.weight = self.decoder.embed_tokens.weight
         self.vision = VisionEncoder(cfg.vision, d)
@@ -80,6 +81,15 @@ class UniX(nn.Module):
             self.latent_pos_embed = PositionTable(cfg.max_latent_size, d)
             nn.init.zeros_(self.llm2vae.weight)
             nn.init.zeros_(self.llm2vae.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: that of the decoder's final norm (the embeddings may be held in int8)."""
+        return self.decoder.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.norm.weight.device
 
     @torch.no_grad()
     def reset_fixed_tables(self) -> None:
@@ -101,7 +111,7 @@ class UniX(nn.Module):
 
     # ---- the packed forward ------------------------------------------------------------------------------
     def forward(self, inputs: PackedInputs, keep_hidden_states: bool = False) -> UniXOutput:
-        device, dtype = self.decoder.embed_tokens.weight.device, self.decoder.embed_tokens.weight.dtype
+        device, dtype = self.device, self.dtype
         n, dim = inputs.position_ids.numel(), self.cfg.decoder.hidden_size
         seq = torch.zeros(n, dim, device=device, dtype=dtype)
         seq = seq.index_copy(0, inputs.text_indexes.to(device), self.embed_text(inputs.text_ids.to(device)))
@@ -130,7 +140,7 @@ class UniX(nn.Module):
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, num_patches, D) vision tokens."""
-        return self.vision(pixel_values.to(self.decoder.embed_tokens.weight.dtype))
+        return self.vision(pixel_values.to(self.dtype))
 
     def embed_latents(self, x_t: torch.Tensor, t: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Noisy latent tokens (N, C), their timesteps (N,) and latent table rows (N,) -> (N, D)."""

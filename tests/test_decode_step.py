@@ -1,0 +1,124 @@
+"""The decoding step: one-row products as matrix-vector products, a cache read of caller-given columns, and the
+compiled step (`ReportGenerator(compile=True)`) against the eager one.
+
+Run: pytest tests/test_decode_step.py
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize
+
+from unix_cxr.config import load_config
+from unix_cxr.infer.quantize import quantize_decoding
+from unix_cxr.infer.report import ReportGenerator, decode_step
+from unix_cxr.model import linear as linear_module
+from unix_cxr.model.decoder import CacheAttention
+from unix_cxr.model.linear import Linear
+from unix_cxr.model.unix import UniX
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    s = load_config("tiny").vision.image_size
+    return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def mv_calls(monkeypatch) -> list:
+    calls = []
+    original = linear_module._mv
+
+    def spy(weight, row, bias):
+        calls.append(row.shape)
+        return original(weight, row, bias)
+
+    monkeypatch.setattr(linear_module, "_mv", spy)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_bf16_row_is_a_matrix_vector_product_equal_to_f_linear(bias, mv_calls):
+    torch.manual_seed(0)
+    layer = Linear(96, 80, bias=bias).to(torch.bfloat16)
+    for shape in [(96,), (1, 96), (1, 1, 96)]:
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        out = layer(x)
+        assert out.shape == (*shape[:-1], 80)
+        assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
+    assert len(mv_calls) == 3
+
+
+def test_other_inputs_keep_f_linear(mv_calls):
+    torch.manual_seed(0)
+    layer = Linear(32, 16).to(torch.bfloat16)
+    rows = torch.randn(3, 32, dtype=torch.bfloat16)
+    assert torch.equal(layer(rows), F.linear(rows, layer.weight, layer.bias))  # several rows
+    fp32 = Linear(32, 16)
+    row = torch.randn(1, 32)
+    assert torch.equal(fp32(row), F.linear(row, fp32.weight, fp32.bias))  # float32: the same speed either way
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts F.linear's operands, not mv's
+        assert fp32(row).dtype == torch.bfloat16
+    assert mv_calls == []
+
+
+def test_one_row_products_have_gradients():
+    torch.manual_seed(0)
+    layer = Linear(8, 4).to(torch.bfloat16)
+    x = torch.randn(1, 8, dtype=torch.bfloat16, requires_grad=True)
+    layer(x).float().sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
+
+
+def prefilled(model: UniX, prompts: list[list[int]], new: int):
+    engine = ReportGenerator(model)
+    return engine, engine.prefill(images(len(prompts)), [engine.prompt_block(p) for p in prompts], new)
+
+
+@pytest.mark.parametrize("prompts", [[[5, 6, 7], [8, 9, 10]], [[5, 6, 7, 8, 9], [11]]], ids=["uniform", "ragged"])
+def test_reading_given_columns_equals_the_cache_read_by_lengths(tiny_model, prompts):
+    """Rows of equal length (written at one column) and of different lengths (scattered): every step's logits
+    and the cache contents are the same when the caller gives the columns to read (a compiled step does)."""
+    _, a = prefilled(tiny_model, prompts, 6)
+    _, b = prefilled(tiny_model, prompts, 6)
+    ids, position = torch.tensor([3, 4]), a.next_position.clone()
+    with torch.inference_mode():
+        for _ in range(5):
+            read = int(b.cache.lens.max()) + 1 + 2  # two columns more than needed: masked
+            by_lens = decode_step(tiny_model, ids, position, a.cache)
+            given = decode_step(tiny_model, ids, position, b.cache, read)
+            torch.testing.assert_close(given, by_lens, rtol=0, atol=1e-6)
+            ids, position = by_lens.argmax(-1), position + 1
+    assert torch.equal(a.cache.lens, b.cache.lens)
+    for row, length in enumerate(a.cache.lens.tolist()):
+        torch.testing.assert_close(b.cache.k[:, row, :, :length], a.cache.k[:, row, :, :length], rtol=0, atol=1e-6)
+
+
+def test_given_columns_must_fit_the_cache_and_a_written_block(tiny_model):
+    _, state = prefilled(tiny_model, [[5, 6]], 2)
+    x = torch.zeros(1, 1, tiny_model.cfg.decoder.hidden_size)
+    with pytest.raises(ValueError, match="read="):
+        CacheAttention(state.cache, causal=True, write=True, read=state.cache.capacity + 1).prepare(1, "sdpa")
+    with pytest.raises(ValueError, match="written block"):
+        tiny_model.decoder(x, torch.zeros(1, 1, dtype=torch.long), None,
+                           CacheAttention(state.cache, causal=True, write=False, read=4))
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_compiled_decoding_gives_the_eager_reports_without_recompiling(quantize):
+    """One compile for a ragged batch of two; a batch of three with another capacity runs on the same graph
+    (`fail_on_recompile`); the tokens are the eager ones and the logits equal to rounding. (A batch of one is a
+    graph of its own: torch.compile specialises sizes of 1.)"""
+    torch._dynamo.reset()
+    model = quantize_decoding(randomize(UniX(load_config("tiny"), with_generation=False)).eval(), quantize)
+    eager, compiled = ReportGenerator(model), ReportGenerator(model, compile=True)
+    prompts = [[5, 6, 7, 8, 9], [11]]
+    blocks = [eager.prompt_block(p) for p in prompts]
+    ref = eager.decode(eager.prefill(images(2), blocks, 8), 8, keep_logits=True)
+    out = compiled.decode(compiled.prefill(images(2), blocks, 8), 8, keep_logits=True)
+    assert out.token_ids == ref.token_ids
+    for a, b in zip(out.step_logits, ref.step_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    more = [[7, 8, 9, 10], [12, 13], [14, 15, 16, 17, 18, 19, 20]]
+    with torch.compiler.set_stance("fail_on_recompile"):
+        again = compiled.generate(images(3, seed=1), more, max_new_tokens=5)
+    assert again.token_ids == eager.generate(images(3, seed=1), more, max_new_tokens=5).token_ids
