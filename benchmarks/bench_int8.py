@@ -11,8 +11,10 @@ scales) / the streaming read bandwidth measured first. Peak = the process's VmHW
 runtime and torch included), after loading and at the end. `--kernels` adds the int8 kernel's read speed at
 the model's weight shapes, plain and with paired rows (`Int8Linear` pairs weights of <= 4,096 columns).
 
+`--compile` decodes with the compiled step (`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
+
 Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--kernels]
-                                       [--release DIR] [--quick]
+                                       [--release DIR] [--quick] [--compile]
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def decode_bytes(model) -> int:
 
 def decode_seconds(model, args) -> tuple[float, float, int]:
     """(s per decoded token, prefill s, context tokens) of the report path on one random image."""
-    gen = ReportGenerator(model)
+    gen = ReportGenerator(model, compile=args.compile)  # compiled in timed()'s untimed warm-up
     decoder_only = no_stop(gen)
     pixels = random_pixels(model.cfg, 1)
     blocks = [gen.prompt_block(random_ids(args.prompt_len, model.cfg, 1, seed=6)[0])]
@@ -147,7 +149,7 @@ def run_modes(args) -> dict[str, dict]:
         for mode in ("bf16", "int8"):
             cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
                    str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-                   "--prompt-len", str(args.prompt_len)]
+                   "--prompt-len", str(args.prompt_len)] + ["--compile"] * args.compile
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[mode] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return rows
@@ -158,6 +160,7 @@ def main(argv=None) -> None:
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--compile", action="store_true", help="decode with the compiled step")
     p.add_argument("--bw-gb", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--release", type=Path, help="a report-only release folder (default: a random one, written "

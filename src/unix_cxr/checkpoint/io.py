@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..model.unix import UniX
+from ..utils.memory import release_freed_memory
 from .keymap import from_authors, is_generation_key, to_authors
 from .safetensors_io import (
     find_non_finite,
@@ -141,6 +142,7 @@ def _stream(model: UniX, groups: list[list[str]], read: Callable[[list[str]], di
             raise ValueError(f"checkpoint tensors with no place in the model: {result.unexpected_keys[:5]}")
         loaded += len(ours)
     refuse_non_finite(first, bad, allow=True)
+    release_freed_memory()  # the groups' temporaries, which glibc would keep resident
     log.info("loaded %d tensors into UniX", loaded)
 
 

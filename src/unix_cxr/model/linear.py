@@ -1,13 +1,13 @@
 """`nn.Linear` whose one-row products on CPU run as matrix-vector products.
 
 A decoding step multiplies ONE activation row by every weight it streams. On CPU, `F.linear` hands a single bf16
-row to a matrix-matrix kernel that reads the weight at 17-20 GB/s, while `torch.mv` / `torch.addmv` read the same
-weight at 21-24 GB/s (from DRAM; 1.3-2x more in cache; measured on an AMX Xeon with 2 threads, 2048 x 2048 to
-102400 x 2048, `benchmarks/bench_decode_step.py --kernels`) and give bit-identical results (the same float32
-accumulation, one rounding). In float32 the two are the same speed and the same numbers. So `Linear` routes
-exactly-one-row bf16 inputs on CPU to `mv` / `addmv` (not under autocast, which casts `F.linear` only) and
-everything else to `F.linear`; its parameters, state-dict keys and `isinstance(..., nn.Linear)` (peft,
-quantization) are those of `nn.Linear`.
+row to a matrix-matrix kernel, while `torch.mv` / `torch.addmv` run a matrix-vector kernel that reads the same
+weights faster: 19-24 GB/s against 15-20 GB/s from DRAM at the full model's shapes, up to 2x in cache (an AMX Xeon,
+2 threads; `python benchmarks/bench_decode_step.py --kernels`, docs/benchmarks.md), with bit-identical results
+(the same float32 accumulation, one rounding). In float32 the two are the same speed and the same numbers. So
+`Linear` routes exactly-one-row bf16 inputs on CPU to `mv` / `addmv` (not under autocast, which casts `F.linear`
+only) and everything else to `F.linear`; its parameters, state-dict keys and `isinstance(..., nn.Linear)` (peft,
+quantization) are those of `nn.Linear`. Under torch.compile the product is the opaque operator `compiled_mv`.
 """
 
 from __future__ import annotations
