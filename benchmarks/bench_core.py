@@ -183,6 +183,38 @@ def timed_once(fn) -> tuple[float, float, object]:
     return time.perf_counter() - t0, other_cpu_share(start, cpu_sample()), out
 
 
+def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` square (n x n) matrix products in `dtype`: the matmul peak of this CPU."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(times)
+
+
+def matmul_flops(fn) -> tuple[int, object]:
+    """(FLOPs of the matrix products fn() runs, its result), counted by torch.utils.flop_counter (mm, addmm, bmm;
+    attention kernels on CPU are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return counter.get_total_flops(), out
+
+
+def record_peak_share(label: str, what: str, flops: int, seconds: float, peaks: dict[str, float],
+                      other: float | None) -> None:
+    """Record the matmul TFLOP/s of a timed phase and its share of each measured GEMM peak."""
+    record("iii", f"matmul TFLOP/s {label}", flops / seconds / 1e12, "TFLOP/s",
+           f"{flops / 1e12:.3f} TFLOP of matrix products ({what}) / {seconds:.3g} s", other)
+    for name, peak in peaks.items():
+        record("iii", f"share of the {name} GEMM peak, {label}", 100 * flops / seconds / peak, "%",
+               f"against {peak / 1e12:.3f} TFLOP/s ({name} 2048^3 mm, best of 5, this run)", other)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -478,9 +510,10 @@ def measure_bandwidth(args) -> dict[str, tuple[float, float]]:
 
 
 def matmul_floor(model: UniX, repeats: int) -> Timing:
-    """Seconds of the weight products alone of one decoded token (B = 1): F.linear of one row through every
-    understanding-expert projection and lm_head of `model`, in decoding order (distinct weights, so nothing
-    stays in cache). What the CPU's matmul kernels need for the weights, with no attention, norms or Python."""
+    """Seconds of the weight products alone of one decoded token (B = 1): one row through every understanding-
+    expert projection and lm_head of `model`, each layer's own forward (so the kernel the model runs: `mv` for one
+    bf16 row, model/linear.py), in decoding order (distinct weights, so nothing stays in cache). What the CPU's
+    matmul kernels need for the weights, with no attention, norms or Python around them."""
     dec = model.decoder
     dtype = model.lm_head.weight.dtype
     x = torch.randn(1, dec.cfg.hidden_size).to(dtype)
@@ -488,13 +521,14 @@ def matmul_floor(model: UniX, repeats: int) -> Timing:
     products = []
     for layer in dec.layers:
         u = layer.und
-        products += [(x, u.q_proj.weight), (x, u.k_proj.weight), (x, u.v_proj.weight), (x, u.o_proj.weight),
-                     (x, u.mlp.gate_proj.weight), (x, u.mlp.up_proj.weight), (x_mid, u.mlp.down_proj.weight)]
-    products.append((x, model.lm_head.weight))
+        products += [(x, u.q_proj), (x, u.k_proj), (x, u.v_proj), (x, u.o_proj), (x, u.mlp.gate_proj),
+                     (x, u.mlp.up_proj), (x_mid, u.mlp.down_proj)]
+    products.append((x, model.lm_head))
 
+    @torch.inference_mode()
     def run() -> None:
-        for inp, w in products:
-            F.linear(inp, w)
+        for inp, linear in products:
+            linear(inp)
 
     return timed(run, repeats)
 
@@ -531,6 +565,10 @@ def full_decode(args, cfg: UniXConfig, dtype: torch.dtype, with_generation: bool
     context = int(lens0[0])
     record("iii", f"prefill {label}", prefill_s, "s", f"ViT on 3x{cfg.vision.image_size}^2 + {context} context "
            "tokens into the KV cache, single run (first call)", other)
+    flops, _ = matmul_flops(functools.partial(gen.prefill, pixels, blocks, n_new + 2))
+    warm_s, warm_other, _ = timed_once(functools.partial(gen.prefill, pixels, blocks, n_new + 2))
+    record("iii", f"prefill {label}, second call", warm_s, "s", "the same prefill again", warm_other)
+    record_peak_share(f"prefill {label}", "ViT + decoder, second call", flops, warm_s, args.peaks, warm_other)
 
     def decode() -> None:
         state.cache.lens = lens0.clone()
@@ -547,8 +585,8 @@ def full_decode(args, cfg: UniXConfig, dtype: torch.dtype, with_generation: bool
     kv = state.cache.k.numel() * state.cache.k.element_size() * 2
     record("iii", f"KV cache size {label}", kv / 1e9, "GB", f"preallocated for {state.cache.capacity} tokens")
     floor = matmul_floor(model, args.full_repeats)
-    record("iii", f"matmul-only floor s/token {label}", floor.median, "s", "F.linear of 1 token through every und "
-           f"projection + lm_head of this model, nothing else, median of {args.full_repeats}", floor.other_cpu)
+    record("iii", f"matmul-only floor s/token {label}", floor.median, "s", "1 token through every und projection + "
+           f"lm_head of this model (their own forward), nothing else, median of {args.full_repeats}", floor.other_cpu)
     record("iii", f"ratio measured/matmul floor {label}", s_tok / floor.median, "x",
            "s/decoded token / matmul-only floor: cost of attention, norms, RoPE, cache and Python on top",
            max(r.other_cpu, floor.other_cpu))
@@ -564,10 +602,13 @@ def full_denoise(args, model: UniX, label: str) -> None:
     both = cond.with_empty_rows(1)
     x = torch.randn(1, n, c, generator=torch.Generator().manual_seed(8))
     meter = PeakRSS()
-    step_s, other, _ = timed_once(functools.partial(sampler.velocity, torch.cat([x, x]), 0.9, both, grid))
+    step = functools.partial(sampler.velocity, torch.cat([x, x]), 0.9, both, grid)
+    step_s, other, _ = timed_once(step)
     record("iii", f"s/denoising step {label}", step_s, "s", f"ImageGenerator.velocity with CFG (cond + uncond "
            f"batched = 2 x {n + 2} query tokens, {args.full_image_size} px = {grid[0]}x{grid[1]} latents, "
            f"{int(cond.lens[0])} cached text tokens), single run (first call)", other)
+    record_peak_share(f"denoising step {label}", "one guided step", matmul_flops(step)[0], step_s, args.peaks,
+                      other)
     record("iii", f"peak RSS denoising step {label}", meter.peak() / 1e9, "GB", "VmHWM during the step")
 
 
@@ -605,6 +646,9 @@ def bench_full(args) -> None:
         record("iii", f"memory bandwidth {k}", v, "GB/s",
                f"{args.bw_gb:g} GB buffer, {torch.get_num_threads()} threads, median of 3", other)
     best = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
+    args.peaks = {name: gemm_peak(DTYPES[name]) for name in dict.fromkeys(["fp32", args.full_dtype])}
+    for name, peak in args.peaks.items():
+        record("iii", f"GEMM peak {name}", peak / 1e12, "TFLOP/s", "2048 x 2048 x 2048 torch.mm, best of 5")
 
     model, s_tok, context, floor_s = full_decode(args, cfg, dtype, with_generation=False, label="report-only")
     nbytes, parts = decode_bytes(model)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import cpu_sample, other_cpu_share
+from bench_core import cpu_sample, gemm_peak, other_cpu_share
 
 from unix_cxr.config import load_config
 from unix_cxr.data.packing import Latent, Text, pack
@@ -71,17 +71,6 @@ def model_flops(model: UniX, packed, samples, cfg) -> float:
             for smp in samples]
     attention = 12 * cfg.decoder.num_layers * cfg.decoder.hidden_size * sum(n * n for n in lens)
     return 6 * matmul + attention
-
-
-def gemm_peak(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times)
 
 
 def bench(precision: str, args) -> dict:

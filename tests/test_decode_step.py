@@ -103,6 +103,13 @@ def test_given_columns_must_fit_the_cache_and_a_written_block(tiny_model):
                            CacheAttention(state.cache, causal=True, write=False, read=4))
 
 
+def test_compiled_decoding_needs_the_sdpa_backend(tiny_model):
+    tiny_model.decoder.set_attention_backend("flex")
+    engine = ReportGenerator(tiny_model, compile=True)
+    with pytest.raises(ValueError, match="needs the sdpa attention backend"):
+        engine.generate(images(1), [[5, 6]], max_new_tokens=2)
+
+
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 def test_compiled_decoding_gives_the_eager_reports_without_recompiling(quantize):
     """One compile for a ragged batch of two; a batch of three with another capacity runs on the same graph

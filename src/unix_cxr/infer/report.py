@@ -139,6 +139,9 @@ class ReportGenerator:
         done = torch.zeros(b, dtype=torch.bool, device=position.device)
         chosen, logits_per_step = [], []
         step = compiled_decode_step() if self.compile else decode_step
+        if self.compile and model.decoder.attention_backend != "sdpa":
+            raise ValueError(f"compiled decoding needs the sdpa attention backend, not "
+                             f"{model.decoder.attention_backend!r} (set_attention_backend('sdpa') or compile=False)")
         if self.compile:  # symbolic: batch and capacity; static: layers, kv heads, head_dim
             for t in (cache.k, cache.v):
                 for dim in (0, 2, 4):

@@ -112,7 +112,8 @@ class Route:
         y_und = und(*(x[self.und_idx] for x in xs_TD))
         y_gen = gen(*(x[self.gen_idx] for x in xs_TD))
         out = y_und.new_empty(xs_TD[0].shape[0], y_und.shape[-1])
-        return out.index_copy(0, self.und_idx, y_und).index_copy(0, self.gen_idx, y_gen)
+        out.index_copy_(0, self.und_idx, y_und)  # in place: the out-of-place index_copy copies `out` twice more
+        return out.index_copy_(0, self.gen_idx, y_gen)
 
 
 class KVCache:
