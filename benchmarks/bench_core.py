@@ -281,10 +281,10 @@ def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
     (sin-cos positions, SigLIP position ids) are refilled. Works on a model materialised with to_empty."""
     g = torch.Generator().manual_seed(seed)
     pool = torch.randn(1 << 22, generator=g) * std
-    pools: dict[torch.dtype, torch.Tensor] = {}
+    pools: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def tile_(t: torch.Tensor, offset: int) -> None:
-        src = pools.setdefault(t.dtype, pool.to(t.dtype))
+        src = pools.setdefault((t.dtype, t.device), pool.to(device=t.device, dtype=t.dtype))
         flat = t.view(-1)
         pos, start = 0, offset % src.numel()
         while pos < flat.numel():
@@ -296,7 +296,7 @@ def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
         norms = set()
         for module in model.modules():
             if isinstance(module, (RMSNorm, nn.LayerNorm)):
-                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=g))
+                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=g))  # any device
                 norms.add(id(module.weight))
         for i, p in enumerate(model.parameters()):
             if id(p) not in norms:
@@ -305,11 +305,12 @@ def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
     return model
 
 
-def build_random(cfg: UniXConfig, dtype: torch.dtype, with_generation: bool) -> UniX:
-    """Build on the meta device in `dtype` (no init cost, no float32 copy), then materialise and fill."""
+def build_random(cfg: UniXConfig, dtype: torch.dtype, with_generation: bool,
+                 device: str | torch.device = "cpu") -> UniX:
+    """Build on the meta device in `dtype` (no init cost, no float32 copy), then materialise on `device` and fill."""
     with default_dtype(dtype), torch.device("meta"):
         model = UniX(cfg, with_generation=with_generation)
-    model.to_empty(device="cpu")
+    model.to_empty(device=device)
     model.to(dtype)  # the position tables are float32 parameters
     return randomize_(model).eval()
 

@@ -18,10 +18,11 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     import torch
 
     from ..eval.parity import run_parity
+    from ..utils.devices import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = run_parity(args.golden_dir, getattr(torch, args.dtype))
+    results = run_parity(args.golden_dir, getattr(torch, args.dtype), resolve_device(args.device))
     for result in results:
         sys.stdout.write(result.line() + "\n")
     failed = [r.name for r in results if not r.passed]
@@ -61,6 +62,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
                    help="run in this dtype; bfloat16 is checked against bf16 tolerances (docs/parity.md)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_parity)
 
     p = sub.add_parser("convert-vae", help="one-time conversion of a pickled CompVis VAE checkpoint to safetensors",

@@ -62,7 +62,7 @@ class Comparison:
         self.low_precision = low_precision
 
     def check(self, label: str, ours: torch.Tensor, golden: torch.Tensor, kind: str = "default") -> None:
-        ours, golden = torch.as_tensor(ours).detach().double().cpu(), golden.double()
+        ours, golden = torch.as_tensor(ours).detach().double().cpu(), golden.double().cpu()
         if ours.shape != golden.shape:
             ours = ours.reshape(golden.shape) if ours.numel() == golden.numel() else ours
         if ours.shape != golden.shape:
@@ -322,12 +322,14 @@ CASES = {"vae": case_vae, "vit": case_vit, "understanding": case_understanding, 
          "sampling": case_sampling, "training": case_training}
 
 
-def run_parity(root: str | Path, dtype: torch.dtype = torch.float32) -> list[CaseResult]:
-    """Every case of a golden folder. A broken folder (no config, unreadable weights) is a ValueError naming the
-    file; a case that cannot be run (an unreadable or incomplete golden file, an error while computing it) is a
-    FAIL of that case with the reason, and the other cases still run."""
+def run_parity(root: str | Path, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> list[CaseResult]:
+    """Every case of a golden folder, with the model and each case's inputs on `device`. A broken folder (no
+    config, unreadable weights) is a ValueError naming the file; a case that cannot be run (an unreadable or
+    incomplete golden file, an error while computing it) is a FAIL of that case with the reason, and the other
+    cases still run."""
     golden = GoldenDir.open(root)
-    model = build_model(golden, dtype)
+    model = build_model(golden, dtype).to(device)
     vae: LatentVAE | None = None
     results = []
     for path in golden.cases():
@@ -336,10 +338,10 @@ def run_parity(root: str | Path, dtype: torch.dtype = torch.float32) -> list[Cas
             results.append(CaseResult(path.stem, 0.0, 0.0, False, "-", f"unknown case kind {kind!r}"))
             continue
         if kind in ("vae", "sampling") and vae is None:
-            vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype, allow_non_finite=True)
+            vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype, allow_non_finite=True).to(device)
         cmp = Comparison(path.stem, low_precision=dtype != torch.float32)
         try:
-            tensors = _read_case(path)
+            tensors = {k: v.to(device) if k.startswith("input/") else v for k, v in _read_case(path).items()}
             meta_path = path.with_suffix(".json")
             meta = _read_json(meta_path) if meta_path.is_file() else {}
             with torch.inference_mode():
