@@ -65,7 +65,7 @@ class Int8Linear(nn.Module):
     """`nn.Linear` with int8 weights and one float32 scale per output channel."""
 
     pair_max_in = 4096  # weights with at most this many columns (and an even row count) go to the kernel paired
-    dense_block = 2048  # output channels dequantised at a time outside decoding steps
+    dense_block = 512  # output channels dequantised at a time outside decoding steps
 
     def __init__(self, linear: nn.Linear) -> None:
         """From a float layer; on the meta device (a model built for loading), only the shapes are made."""
