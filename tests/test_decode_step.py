@@ -61,6 +61,21 @@ def test_other_inputs_keep_f_linear(mv_calls):
     assert mv_calls == []
 
 
+def test_a_malformed_row_fails_as_f_linear_does():
+    layer = Linear(32, 16).to(torch.bfloat16)
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(2, 16, dtype=torch.bfloat16))  # 32 values, not one row of 32
+
+
+def test_compiled_one_row_products_keep_their_gradients():
+    """Under torch.compile with gradients (training) one row takes F.linear: the opaque mv has no backward."""
+    torch.manual_seed(0)
+    layer = Linear(8, 4).to(torch.bfloat16)
+    x = torch.randn(1, 8, dtype=torch.bfloat16, requires_grad=True)
+    torch.compile(layer, fullgraph=True)(x).float().sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+
+
 def test_one_row_products_have_gradients():
     torch.manual_seed(0)
     layer = Linear(8, 4).to(torch.bfloat16)
@@ -110,6 +125,25 @@ def test_compiled_decoding_needs_the_sdpa_backend(tiny_model):
         engine.generate(images(1), [[5, 6]], max_new_tokens=2)
 
 
+needs_stance = pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="set_stance needs torch >= 2.6")
+
+
+def test_compiled_bf16_decoding_agrees_with_eager_to_bf16_rounding():
+    """bf16 weights: one-row products through the opaque `unix_cxr::mv`; the fused kernels round differently, so
+    the logits agree to bf16 rounding, and greedy tokens of one report are the eager ones here."""
+    torch._dynamo.reset()
+    model = randomize(UniX(load_config("tiny"), with_generation=False)).eval().to(torch.bfloat16)
+    eager, compiled = ReportGenerator(model), ReportGenerator(model, compile=True)
+    blocks = [eager.prompt_block([5, 6, 7, 8])]
+    ref = eager.decode(eager.prefill(images(1), blocks, 6), 6, keep_logits=True)
+    out = compiled.decode(compiled.prefill(images(1), blocks, 6), 6, keep_logits=True)
+    assert out.token_ids == ref.token_ids
+    scale = max(float(s.abs().max()) for s in ref.step_logits)
+    for a, b in zip(out.step_logits, ref.step_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0.02 * scale)
+
+
+@needs_stance
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 def test_compiled_decoding_gives_the_eager_reports_without_recompiling(quantize):
     """One compile for a ragged batch of two; a batch of three with another capacity runs on the same graph

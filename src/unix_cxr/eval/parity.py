@@ -341,7 +341,9 @@ def run_parity(root: str | Path, dtype: torch.dtype = torch.float32,
             vae = load_vae(golden.vae_path(), golden.cfg.vae, dtype=dtype, allow_non_finite=True).to(device)
         cmp = Comparison(path.stem, low_precision=dtype != torch.float32)
         try:
-            tensors = {k: v.to(device) if k.startswith("input/") else v for k, v in _read_case(path).items()}
+            tensors = _read_case(path)
+            if kind != "training":  # training_forward and UniX.forward move what they need themselves
+                tensors = {k: v.to(device) if k.startswith("input/") else v for k, v in tensors.items()}
             meta_path = path.with_suffix(".json")
             meta = _read_json(meta_path) if meta_path.is_file() else {}
             with torch.inference_mode():

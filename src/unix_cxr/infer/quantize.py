@@ -130,7 +130,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        decoding = torch.compiler.is_compiling() or _DECODING.get()  # compiled: the decoding step (report.py)
+        # torch.compile cannot read the context variable: every compiled region takes the kernel, and the only
+        # region this project compiles around int8 layers is the decoding step (report.compiled_decode_step)
+        decoding = torch.compiler.is_compiling() or _DECODING.get()
         out = self._kernel(rows).to(x.dtype) if decoding else self._dense(rows)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
@@ -226,7 +228,8 @@ def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
             before, after = before + b, after + a
     b, a = _swap(model, "lm_head")
     before, after = before + b, after + a
-    tied = model.cfg.decoder.tie_word_embeddings  # lm_head's weight is the table: quantized once, as lm_head
+    tied = model.cfg.decoder.tie_word_embeddings  # lm_head's weight is the table: the table stays float (int8
+    # lm_head is then a copy of it), and it is not quantized a second time
     if not tied:
         b, a = _swap(model, "decoder.embed_tokens")
         before, after = before + b, after + a

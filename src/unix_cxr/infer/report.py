@@ -68,16 +68,17 @@ def decode_step(model: UniX, ids: torch.Tensor, position: torch.Tensor, cache: K
 
 @functools.cache
 def compiled_decode_step() -> Callable:
-    """`decode_step` through `torch.compile` (one graph for any batch, cache capacity and step: dynamic shapes),
-    made once per process; its kernels are compiled on the first call of each model."""
+    """`decode_step` through `torch.compile`, made once per process: one graph for every step, cache capacity and
+    batch of two or more (dynamic shapes), and one for a batch of one (torch.compile specialises sizes of 1)."""
     return torch.compile(decode_step, fullgraph=True, dynamic=True)
 
 
 class ReportGenerator:
     """compile: run each decoding step through `torch.compile` (`compiled_decode_step`): the norms, RoPE, cache
     writes and the per-operator dispatch of a step fused into a few kernels, the matmuls left to their libraries.
-    It pays after a compile of tens of seconds per process (docs/benchmarks.md); the tokens are those of the
-    eager step (tested), the logits equal to rounding."""
+    It pays after a compile of tens of seconds per process (docs/benchmarks.md). In float32 the tokens are those
+    of the eager step (tested); in bf16 the fused kernels round differently, so the logits agree to bf16 rounding
+    (tested) and a token whose two best logits nearly tie may differ."""
 
     def __init__(self, model: UniX, decoding: DecodingConfig | None = None, compile: bool = False):
         self.model = model

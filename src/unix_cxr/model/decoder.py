@@ -170,6 +170,7 @@ class CacheAttention:
     row's length after the write). Then nothing in the forward depends on the values of `lens` (each row is
     written at its own length by a scatter, and the mask hides what a row does not own), so a compiled decoding
     step traces one graph for every step; without it the forward reads `lens` to choose the columns and the write.
+    Only the capacity is checked: a `read` below a row's length would leave that row's last keys out.
     """
 
     cache: KVCache

@@ -7,7 +7,8 @@ weights faster: 19-24 GB/s against 15-20 GB/s from DRAM at the full model's shap
 (the same float32 accumulation, one rounding). In float32 the two are the same speed and the same numbers. So
 `Linear` routes exactly-one-row bf16 inputs on CPU to `mv` / `addmv` (not under autocast, which casts `F.linear`
 only) and everything else to `F.linear`; its parameters, state-dict keys and `isinstance(..., nn.Linear)` (peft,
-quantization) are those of `nn.Linear`. Under torch.compile the product is the opaque operator `compiled_mv`.
+quantization) are those of `nn.Linear`. Under torch.compile (inference) the product is the opaque operator
+`compiled_mv`.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ def _(weight: torch.Tensor, row: torch.Tensor, bias: torch.Tensor | None) -> tor
 
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype is not torch.bfloat16 or x.numel() != self.in_features or not x.is_cpu
-                or torch.is_autocast_enabled("cpu")):
+        if (x.dtype is not torch.bfloat16 or x.numel() != self.in_features or x.shape[-1] != self.in_features
+                or not x.is_cpu or torch.is_autocast_enabled("cpu")):
             return F.linear(x, self.weight, self.bias)
+        if torch.compiler.is_compiling() and torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)  # `compiled_mv` has no backward; training never has one row
         row = x.reshape(self.in_features)
         out = (compiled_mv if torch.compiler.is_compiling() else _mv)(self.weight, row, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)

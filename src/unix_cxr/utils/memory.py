@@ -9,18 +9,17 @@ after). Elsewhere than glibc (musl, macOS, Windows) this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
 @functools.cache
 def _libc():
-    name = ctypes.util.find_library("c")
+    """The C library's symbols (the process's own, which hold glibc's where it is the C library)."""
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def release_freed_memory() -> bool:
