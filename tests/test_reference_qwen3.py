@@ -101,3 +101,11 @@ def test_greedy_decoding_matches_generate(model: UniX, hf, ids: torch.Tensor) ->
     out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
                       eos_token_id=None)
     assert out[0, LENGTH:].tolist() == ours
+
+
+def test_a_quantized_model_is_refused_by_name():
+    from unix_cxr.infer.quantize import quantize_decoding
+
+    quantized = quantize_decoding(UniX(load_config("tiny")).eval(), "int8")
+    with pytest.raises(ValueError, match="quantized"):
+        und_to_qwen3(quantized)

@@ -18,6 +18,7 @@ checkpoint: images and the image-generation path have no place in it.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
@@ -55,8 +56,15 @@ def qwen3_config(model: UniX, dtype: torch.dtype | None = None) -> Qwen3Config:
     return config
 
 
+def _require_float_weights(model: UniX) -> None:
+    if not isinstance(model.lm_head, nn.Linear) or not isinstance(model.decoder.embed_tokens, nn.Embedding):
+        raise ValueError("export needs the model's float weights: this one was quantized (--quantize int8); "
+                         "load the release folder without quantization to export it")
+
+
 def und_state_dict(model: UniX, attention_bias: bool) -> dict[str, torch.Tensor]:
     """Our understanding-path tensors under Qwen3ForCausalLM names (the tensors themselves, not copies)."""
+    _require_float_weights(model)
     dec = model.decoder
     sd = {"model.embed_tokens.weight": dec.embed_tokens.weight, "model.norm.weight": dec.norm.weight,
           "lm_head.weight": model.lm_head.weight}
@@ -90,6 +98,7 @@ def und_to_qwen3(model: UniX, dtype: torch.dtype | None = None, share_weights: b
     it needs `dtype` equal to the model's. The model is built on the meta device, so no random init is paid.
     The generation config is greedy, with our BOS/EOS ids (EOS also serves as the pad id).
     """
+    _require_float_weights(model)
     src_dtype = model.lm_head.weight.dtype
     dtype = dtype or src_dtype
     if share_weights and dtype != src_dtype:
