@@ -139,14 +139,16 @@ class ReportGenerator:
         current = torch.full((b,), self.tokens.bos, dtype=torch.long, device=position.device)
         done = torch.zeros(b, dtype=torch.bool, device=position.device)
         chosen, logits_per_step = [], []
-        step = compiled_decode_step() if self.compile else decode_step
-        if self.compile and model.decoder.attention_backend != "sdpa":
-            raise ValueError(f"compiled decoding needs the sdpa attention backend, not "
-                             f"{model.decoder.attention_backend!r} (set_attention_backend('sdpa') or compile=False)")
-        if self.compile:  # symbolic: batch and capacity; static: layers, kv heads, head_dim
-            for t in (cache.k, cache.v):
+        step = decode_step
+        if self.compile:
+            if model.decoder.attention_backend != "sdpa":
+                raise ValueError(f"compiled decoding needs the sdpa attention backend, not "
+                                 f"{model.decoder.attention_backend!r} (set_attention_backend('sdpa') or "
+                                 "compile=False)")
+            for t in (cache.k, cache.v):  # symbolic: batch and capacity; static: layers, kv heads, head_dim
                 for dim in (0, 2, 4):
                     torch._dynamo.mark_static(t, dim)
+            step = compiled_decode_step()
         for _ in range(max_new_tokens):
             read = int(cache.lens.max()) + 1 if self.compile else None
             with decoding_steps():  # int8 layers (--quantize int8) run their decoding kernel

@@ -36,11 +36,11 @@ def _(weight: torch.Tensor, row: torch.Tensor, bias: torch.Tensor | None) -> tor
 
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compiling = torch.compiler.is_compiling()
         if (x.dtype is not torch.bfloat16 or x.numel() != self.in_features or x.shape[-1] != self.in_features
-                or not x.is_cpu or torch.is_autocast_enabled("cpu")):
+                or not x.is_cpu or torch.is_autocast_enabled("cpu")
+                or (compiling and torch.is_grad_enabled())):  # `compiled_mv` has no backward (training: many rows)
             return F.linear(x, self.weight, self.bias)
-        if torch.compiler.is_compiling() and torch.is_grad_enabled():
-            return F.linear(x, self.weight, self.bias)  # `compiled_mv` has no backward; training never has one row
         row = x.reshape(self.in_features)
-        out = (compiled_mv if torch.compiler.is_compiling() else _mv)(self.weight, row, self.bias)
+        out = (compiled_mv if compiling else _mv)(self.weight, row, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
