@@ -1,20 +1,20 @@
-"""Full-size report decoding with weight-only int8 (`--quantize int8`) against the storage dtype, as ratios to the
+"""Full-size report decoding with weight-only int8 and int4 (`--quantize int8|int4`) against the storage dtype, as ratios to the
 memory-bandwidth bound measured in the same run, and the peak memory of the whole job (a script that prints
 figures, not a test).
 
 The report-only `unix-full` model with random weights stored in bf16 is written once as a release folder (or
-`--release DIR` is used). Then each mode runs in a fresh process, as a user's job would: `load_release` (int8:
+`--release DIR` is used). Then each mode runs in a fresh process, as a user's job would: `load_release` (int8, int4:
 quantized while loading, `prepare=quantize_decoding`), one prefill of a 384 px image and a prompt, and decoding of
 `--new-tokens` tokens from that state (median of `--repeats`, cache rewound). Bound = weight bytes read per
-decoded token (understanding experts, final norm, one embedding row, lm_head; int8 weights plus their float32
+decoded token (understanding experts, final norm, one embedding row, lm_head; int8 / int4 weights plus their
 scales) / the streaming read bandwidth measured first. Peak = the process's VmHWM from its start (the Python
 runtime and torch included), after loading and at the end. `--kernels` adds the int8 kernel's read speed at
 the model's weight shapes, plain and with paired rows (`Int8Linear` pairs weights of <= 4,096 columns).
 
-`--compile` decodes with the compiled step (`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
+`--modes` picks the modes (default bf16 int8 int4). `--compile` decodes with the compiled step (`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
 
 Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--kernels]
-                                       [--release DIR] [--quick] [--compile]
+                                       [--release DIR] [--quick] [--compile] [--modes bf16 int8 int4]
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ from bench_core import (
 from unix_cxr.config import load_config
 from unix_cxr.infer.quantize import Int8Embedding, quantize_decoding
 from unix_cxr.infer.report import ReportGenerator
+
+
+MODES = ("bf16", "int8", "int4")
 
 
 def tensor_bytes(module: nn.Module) -> int:
@@ -102,7 +105,7 @@ def child(args) -> None:
 
     meter = PeakRSS()  # VmHWM from here: the runtime and torch already imported, nothing loaded
     base = meter.peak()
-    prepare = functools.partial(quantize_decoding, mode="int8") if args.child == "int8" else None
+    prepare = None if args.child == "bf16" else functools.partial(quantize_decoding, mode=args.child)
     load_s, _, release = timed_once(functools.partial(load_release, args.release, dtype=torch.bfloat16,
                                                       with_generation=False, prepare=prepare))
     model = release.model
@@ -138,7 +141,7 @@ def kernel_speeds() -> list[tuple[str, float, float]]:
 
 
 def run_modes(args) -> dict[str, dict]:
-    """Figures of each mode ("bf16", "int8"), each measured in a fresh process on `args.release` (or on a random
+    """Figures of each mode of `args.modes` ("bf16", "int8", "int4"), each measured in a fresh process on `args.release` (or on a random
     release folder written for the run and removed afterwards)."""
     with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
         release = args.release
@@ -146,7 +149,7 @@ def run_modes(args) -> dict[str, dict]:
             release = Path(tmp) / "release"
             write_random_release(quick_config() if args.quick else load_config("unix-full"), release)
         rows = {}
-        for mode in ("bf16", "int8"):
+        for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
                    str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
                    "--prompt-len", str(args.prompt_len)] + ["--compile"] * args.compile
@@ -167,7 +170,8 @@ def main(argv=None) -> None:
                                                 "to a temporary folder and removed afterwards)")
     p.add_argument("--kernels", action="store_true", help="also the int8 kernel's read speed, plain and paired")
     p.add_argument("--quick", action="store_true", help="a tiny config (checks the script, not the machine)")
-    p.add_argument("--child", choices=("bf16", "int8"), help=argparse.SUPPRESS)
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="weights to measure")
+    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s", force=True)
     torch.set_num_threads(args.threads)
@@ -178,7 +182,7 @@ def main(argv=None) -> None:
     read_gbs = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
     print(f"streaming read bandwidth {read_gbs:.2f} GB/s ({args.bw_gb:g} GB buffer)")
     rows = run_modes(args)
-    print(f"\nreport-only, batch 1, {rows['bf16']['context']} context tokens, {args.new_tokens} new tokens, median "
+    print(f"\nreport-only, batch 1, {next(iter(rows.values()))['context']} context tokens, {args.new_tokens} new tokens, median "
           f"of {args.repeats}; each mode in a fresh process")
     print(f"{'weights':8} {'GB/token':>9} {'s/token':>8} {'bound s':>8} {'of bound':>9} {'prefill s':>10} "
           f"{'load s':>7} {'peak GB: runtime':>17} {'loaded':>7} {'job':>6}")
@@ -187,8 +191,9 @@ def main(argv=None) -> None:
         print(f"{mode:8} {r['bytes'] / 1e9:9.3f} {r['s_tok']:8.3f} {bound:8.3f} {100 * bound / r['s_tok']:8.1f}% "
               f"{r['prefill_s']:10.2f} {r['load_s']:7.2f} {r['base'] / 1e9:17.2f} {r['after_load'] / 1e9:7.2f} "
               f"{r['peak'] / 1e9:6.2f}")
-    print(f"int8 / bf16 decode speed: {rows['bf16']['s_tok'] / rows['int8']['s_tok']:.2f}x; bytes per token "
-          f"{rows['int8']['bytes'] / rows['bf16']['bytes']:.2f}x")
+    for mode in [m for m in rows if m != "bf16" and "bf16" in rows]:
+        print(f"{mode} / bf16 decode speed: {rows['bf16']['s_tok'] / rows[mode]['s_tok']:.2f}x; bytes per token "
+              f"{rows[mode]['bytes'] / rows['bf16']['bytes']:.2f}x")
     if args.kernels:
         print("\nint8 kernel at 1 row, weights read from DRAM: GB/s plain, paired rows")
         for shape, plain, paired in kernel_speeds():

@@ -1,6 +1,6 @@
 """Quality of a phantom model trained by `unix-cxr train --config phantom-tiny` (a script that prints figures).
 
-    python benchmarks/phantom_quality.py --run RUN [--release RUN/gen_ft/final] [--json out.json] [--quantize int8]
+    python benchmarks/phantom_quality.py --run RUN [--release RUN/gen_ft/final] [--json out.json] [--quantize int8|int4]
         [--step-cache taylor] [--steps 50]
 
 On the run's validation phantoms (`RUN/data/phantoms/val`, drawn from another seed than the training phantoms):
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fd", action="store_true", help="skip the Inception FD")
     parser.add_argument("--step-cache", choices=("none", "taylor"), default="none",
                         help="taylor: the image loop's step cache (unix_cxr.infer.step_cache) for the images")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
-                        help="int8: weight-only int8 decoding (unix_cxr.infer.quantize) for the reports")
+    parser.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
+                        help="int8 / int4: weight-only int8 / int4 decoding (unix_cxr.infer.quantize) for the reports")
     parser.add_argument("--reports-only", action="store_true", help="only part 1 (reports)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)

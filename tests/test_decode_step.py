@@ -144,7 +144,7 @@ def test_compiled_bf16_decoding_agrees_with_eager_to_bf16_rounding():
 
 
 @needs_stance
-@pytest.mark.parametrize("quantize", ["none", "int8"])
+@pytest.mark.parametrize("quantize", ["none", "int8", "int4"])
 def test_compiled_decoding_gives_the_eager_reports_without_recompiling(quantize):
     """One compile for a ragged batch of two; a batch of three with another capacity runs on the same graph
     (`fail_on_recompile`); the tokens are the eager ones and the logits equal to rounding. (A batch of one is a

@@ -139,7 +139,7 @@ def test_only_what_decoding_streams_is_quantized():
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in gen_before.items())  # the generation expert is untouched
     with pytest.raises(ValueError, match="quantize must be one of"):
-        quantize_decoding(model, "int4")
+        quantize_decoding(model, "int2")
 
 
 def test_int8_greedy_reports_are_batch_invariant_and_name_the_findings():

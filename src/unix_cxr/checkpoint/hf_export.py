@@ -58,7 +58,7 @@ def qwen3_config(model: UniX, dtype: torch.dtype | None = None) -> Qwen3Config:
 
 def _require_float_weights(model: UniX) -> None:
     if not isinstance(model.lm_head, nn.Linear) or not isinstance(model.decoder.embed_tokens, nn.Embedding):
-        raise ValueError("export needs the model's float weights: this one was quantized (--quantize int8); "
+        raise ValueError("export needs the model's float weights: this one was quantized (--quantize); "
                          "load the release folder without quantization to export it")
 
 

@@ -11,8 +11,9 @@ tensor), the file opened afresh for each group. So a load needs the model's memo
 second copy of the weights (safetensors reads through a memory map, and every page read through one open map
 stays in the process's resident memory until the map is closed). A module that keeps a weight in another form
 than the checkpoint's declares the checkpoint's tensors with `checkpoint_layout()` (name -> a tensor of the
-checkpoint's shape) and takes them in its own `_load_from_state_dict`: `infer.quantize.Int8Linear` quantizes
-each float weight as it arrives, so an int8 model is loaded without its float weights ever being whole.
+checkpoint's shape) and takes them in its own `_load_from_state_dict`: `infer.quantize.Int8Linear` (and
+`Int4Linear`) quantizes each float weight as it arrives, so a quantized model is loaded without its float weights
+ever being whole.
 """
 
 from __future__ import annotations

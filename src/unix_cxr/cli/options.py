@@ -18,9 +18,10 @@ def add_model_options(p: argparse.ArgumentParser, default_batch: int = 4) -> Non
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                    help="weights and compute dtype (auto: bfloat16 on CUDA and on native-bf16 CPUs for bf16 "
                         "weights, else float32; docs/usage.md)")
-    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
                    help="int8: weight-only int8 for report decoding (understanding expert, lm_head and token "
-                        "embeddings; the generation expert keeps its weights; docs/usage.md)")
+                        "embeddings; the generation expert keeps its weights); int4: the expert and lm_head in "
+                        "4 bits, groups of 128 (CPU only; embeddings int8) (docs/usage.md)")
     p.add_argument("--compile", action="store_true",
                    help="compile the report decoding step with torch.compile (tens of seconds once, then faster "
                         "steps; docs/usage.md)")

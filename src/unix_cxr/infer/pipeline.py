@@ -322,7 +322,7 @@ class UniXPipeline:
             special_tokens: ``SpecialTokens`` or ``(bos, eos, boi, eoi)`` ids, for a model with another vocabulary
                 than the released one (the folder's files don't say).
             init_seed: seed of a preset's random weights (the global RNG is left untouched).
-            quantize: ``"none"`` or ``"int8"``: weight-only int8 for report decoding
+            quantize: ``"none"``, ``"int8"`` or ``"int4"`` (CPU): weight-only int8 / int4 for report decoding
                 (:func:`unix_cxr.infer.quantize.quantize_decoding`; the generation expert keeps its weights).
             settings: the keyword arguments of the constructor (``decoding``, ``sampling``, ``image_size``,
                 ``batch_size``, ``labeler``, ...).

@@ -25,6 +25,17 @@ up to one more bf16 rounding.
 The token embeddings are held in int8 too (`Int8Embedding`, one scale per row), for memory only: a step reads one
 row of them. Like the understanding expert they serve the text rows of image prompts as well.
 
+`--quantize int4` goes one step further for the expert's and lm_head's products: `Int4Linear` holds 4-bit
+weights in groups of 128 (64 or 32 where the input width asks for it) along the input, asymmetric, with a bf16
+scale and zero per group (w = (q - 8) x scale + zero), in the layout of PyTorch's own CPU int4 kernel
+(`aten._convert_weight_to_int4pack_for_cpu`, multiplied by `aten._weight_int4pack_mm_for_cpu`: the kernels
+torchao's int4 CPU layout calls). A quarter of the bf16 bytes per decoded token; outside decoding steps the layer
+unpacks that layout (its full blocks keep rows 0..B/2-1 in the low nibbles and B/2..B-1 in the high ones, B = 64
+on AVX-512 builds, 32 on AVX2: `int4_block_rows` reads which from the kernel itself) and runs a dense matmul. A
+layer whose shape the kernel or that layout cannot take stays int8 (logged). The token embeddings stay int8.
+The packed layout belongs to the CPU build that made it, so int4 weights are quantized at load from the float
+checkpoint, and the kernel runs on CPU only.
+
 Not quantized, because it would break or gain nothing: the generation expert, `llm2vae`, `vae2llm` and the
 time embedder (image generation keeps their full-precision weights), SigLIP and the connector (run once per
 image), norms and biases.
@@ -34,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -43,7 +55,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_CHOICES = ("none", "int8")
+QUANTIZE_CHOICES = ("none", "int8", "int4")
 _DECODING = contextvars.ContextVar("unix_cxr_int8_decoding", default=False)
 
 
@@ -143,6 +155,105 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel{paired}"
 
 
+class Int4Linear(nn.Module):
+    """`nn.Linear` with 4-bit weights in groups along the input (a bf16 scale and zero per group), in the layout
+    of PyTorch's CPU int4 kernel (see the module doc)."""
+
+    dense_block = 512  # output channels unpacked at a time outside decoding steps (a multiple of every block)
+
+    def __init__(self, linear: nn.Linear, group_size: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        packed, scales_zeros = _quantize_int4(linear.weight.detach(), group_size)
+        self.register_buffer("weight_int4", packed)
+        self.register_buffer("scales_zeros", scales_zeros)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> int | None:
+        """The group size `linear` takes (128, 64 or 32 dividing its input width), or None when the kernel or the
+        unpacking cannot take its shape (outputs not in whole blocks of `int4_block_rows()`)."""
+        if linear.out_features % int4_block_rows():
+            return None
+        return next((g for g in (128, 64, 32) if linear.in_features % g == 0), None)
+
+    def checkpoint_layout(self) -> dict[str, torch.Tensor]:
+        """The float tensors a checkpoint holds for this layer (`checkpoint.io` loads them through it)."""
+        layout = {"weight": torch.empty(self.out_features, self.in_features, device="meta")}
+        return layout if self.bias is None else {**layout, "bias": self.bias}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        """A checkpoint's float weight is quantized as it arrives (a state of this layer loads as it is)."""
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None:
+            packed, scales_zeros = _quantize_int4(weight, self.group_size)
+            state_dict = {prefix + "weight_int4": packed, prefix + "scales_zeros": scales_zeros,
+                          **({prefix + "bias": state_dict[prefix + "bias"]} if prefix + "bias" in state_dict else {})}
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def dequantized(self, dtype: torch.dtype, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Rows start:end (whole blocks) of the float weight: (q - 8) x scale + zero in float32, then `dtype`."""
+        end = self.out_features if end is None else end
+        k, b = self.in_features, int4_block_rows()
+        blocks = self.weight_int4.view(-1)[start * k // 2:end * k // 2].view(-1, k, b // 2)
+        q = torch.cat([blocks & 15, blocks >> 4], 2).transpose(1, 2).reshape(end - start, k // self.group_size,
+                                                                              self.group_size)
+        sz = self.scales_zeros[:, start:end].float().transpose(0, 1)  # (rows, groups, 2)
+        w = (q.float() - 8).mul_(sz[..., :1]).add_(sz[..., 1:])
+        return w.reshape(end - start, k).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if torch.compiler.is_compiling() or _DECODING.get():  # as Int8Linear.forward
+            if rows.device.type != "cpu":
+                raise RuntimeError("int4 decoding runs on CPU only (PyTorch's CPU int4 kernel); use --quantize int8")
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), self.weight_int4,
+                                                             self.group_size, self.scales_zeros).to(x.dtype)
+        else:
+            block = self.dense_block
+            out = torch.cat([F.linear(rows, self.dequantized(rows.dtype, a, min(a + block, self.out_features)))
+                             for a in range(0, self.out_features, block)], 1)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group_size}"
+
+
+@functools.cache
+def int4_block_rows() -> int:
+    """The rows per block of the CPU int4 kernel's packed layout on this build (64 with AVX-512, 32 otherwise),
+    read off the kernel: a probe packed by it must unpack to itself, else int4 is refused here."""
+    probe = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1).view(-1)
+    for b in (64, 32):
+        blocks = packed.view(-1, 64, b // 2)
+        if torch.equal(torch.cat([blocks & 15, blocks >> 4], 2).transpose(1, 2).reshape(128, 64).int(), probe):
+            return b
+    raise RuntimeError("--quantize int4: this PyTorch build's int4 CPU layout is not one unix-cxr can unpack; "
+                       "use --quantize int8")
+
+
+def _quantize_int4(weight: torch.Tensor, group_size: int, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (packed uint8 (out, in / 2), bf16 scales and zeros (in / group, out, 2)): per
+    group, scale = (max - min) / 15 and zero = min + 8 x scale, q = round((w - min) / scale) in [0, 15]; in
+    blocks of `chunk_rows` rows (the int32 codes the packing takes are 4 bytes per weight)."""
+    n, k = weight.shape
+    packed = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)
+    scales_zeros = torch.empty(k // group_size, n, 2, dtype=torch.bfloat16, device=weight.device)
+    for a in range(0, n, chunk_rows):
+        block = weight[a:a + chunk_rows].float().reshape(-1, k // group_size, group_size)
+        lo, hi = block.amin(-1, keepdim=True), block.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp(min=1e-6).to(torch.bfloat16).float()  # the kernel reads them as bf16
+        zero = (lo + 8 * scale).to(torch.bfloat16).float()
+        q = torch.round((block - (zero - 8 * scale)) / scale).clamp_(0, 15).to(torch.int32)
+        packed[a:a + chunk_rows] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            q.reshape(-1, k).contiguous(), 1)
+        scales_zeros[:, a:a + chunk_rows] = torch.stack([scale[..., 0], zero[..., 0]], -1).transpose(0, 1)
+    return packed, scales_zeros
+
+
 class Int8Embedding(nn.Module):
     """`nn.Embedding` with int8 rows and one float32 scale per row (per token): a lookup dequantises the rows it
     takes, in the dtype of the empty buffer `rows_dtype` (the embedding's own; `model.to(dtype)` moves it along).
@@ -199,24 +310,31 @@ def _quantize(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tenso
     return weight_int8, scale
 
 
-def _swap(parent: nn.Module, dotted: str) -> tuple[int, int]:
-    """Replace parent.<dotted> (an nn.Linear or nn.Embedding) by its int8 form; (bytes before, bytes after)."""
+def _swap(parent: nn.Module, dotted: str, mode: str = "int8") -> tuple[int, int]:
+    """Replace parent.<dotted> (an nn.Linear or nn.Embedding) by its quantized form: int4 for a Linear when `mode`
+    is "int4" and its shape fits, int8 otherwise; (bytes before, bytes after)."""
     *path, name = dotted.split(".")
     for part in path:
         parent = getattr(parent, part)
     layer = getattr(parent, name)
-    kinds = {nn.Linear: Int8Linear, nn.Embedding: Int8Embedding}
-    kind = next((k for k in kinds if isinstance(layer, k)), None)
-    if kind is None:
+    if not isinstance(layer, nn.Linear | nn.Embedding):
         raise TypeError(f"{dotted} is a {type(layer).__name__}, not nn.Linear or nn.Embedding")
     weight = layer.weight
-    setattr(parent, name, kinds[kind](layer))
+    group = Int4Linear.fits(layer) if mode == "int4" and isinstance(layer, nn.Linear) else None
+    if group is not None:
+        setattr(parent, name, Int4Linear(layer, group))
+        return weight.numel() * weight.element_size(), weight.numel() // 2 + weight.numel() // group * 4
+    if mode == "int4" and isinstance(layer, nn.Linear):
+        log.info("int4: %s (%d x %d) does not fit the int4 kernel's layout and stays int8", dotted,
+                 layer.out_features, layer.in_features)
+    setattr(parent, name, (Int8Linear if isinstance(layer, nn.Linear) else Int8Embedding)(layer))
     return weight.numel() * weight.element_size(), weight.numel() + weight.shape[0] * 4
 
 
 def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
     """Quantize what report decoding streams (every layer's understanding expert, and lm_head) in place; `mode`
-    is one of QUANTIZE_CHOICES ("none" leaves the model as it is). Logs the bytes saved."""
+    is one of QUANTIZE_CHOICES ("none" leaves the model as it is; "int4" keeps the token embeddings int8). Logs
+    the bytes saved."""
     if mode not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {mode!r}")
     if mode == "none":
@@ -224,18 +342,19 @@ def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
     before = after = 0
     for layer in model.decoder.layers:
         for name in _EXPERT_LINEARS:
-            b, a = _swap(layer.und, name)
+            b, a = _swap(layer.und, name, mode)
             before, after = before + b, after + a
-    b, a = _swap(model, "lm_head")
+    b, a = _swap(model, "lm_head", mode)
     before, after = before + b, after + a
-    tied = model.cfg.decoder.tie_word_embeddings  # lm_head's weight is the table: the table stays float (int8
-    # lm_head is then a copy of it), and it is not quantized a second time
+    tied = model.cfg.decoder.tie_word_embeddings  # lm_head's weight is the table: the table stays float (the
+    # quantized lm_head is then a copy of it), and it is not quantized a second time
     if not tied:
         b, a = _swap(model, "decoder.embed_tokens")
         before, after = before + b, after + a
-    log.info("int8 weight-only decoding: understanding expert (%d layers), lm_head%s, %.1f MB -> %.1f MB",
-             len(model.decoder.layers), "" if tied else " and the token embeddings", before / 1e6, after / 1e6)
+    log.info("%s weight-only decoding: understanding expert (%d layers), lm_head%s, %.1f MB -> %.1f MB", mode,
+             len(model.decoder.layers), "" if tied else " and the token embeddings (int8)", before / 1e6,
+             after / 1e6)
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "Int8Embedding", "Int8Linear", "decoding_steps", "quantize_decoding"]
+__all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "int4_block_rows", "decoding_steps", "quantize_decoding"]
