@@ -1,6 +1,6 @@
-"""Full-size report decoding with weight-only int8 and int4 (`--quantize int8|int4`) against the storage dtype, as ratios to the
-memory-bandwidth bound measured in the same run, and the peak memory of the whole job (a script that prints
-figures, not a test).
+"""Full-size report decoding with weight-only int8 and int4 (`--quantize int8|int4`) against the storage dtype, as
+ratios to the memory-bandwidth bound measured in the same run, and the peak memory of the whole job (a script
+that prints figures, not a test).
 
 The report-only `unix-full` model with random weights stored in bf16 is written once as a release folder (or
 `--release DIR` is used). Then each mode runs in a fresh process, as a user's job would: `load_release` (int8, int4:
@@ -11,7 +11,8 @@ scales) / the streaming read bandwidth measured first. Peak = the process's VmHW
 runtime and torch included), after loading and at the end. `--kernels` adds the int8 kernel's read speed at
 the model's weight shapes, plain and with paired rows (`Int8Linear` pairs weights of <= 4,096 columns).
 
-`--modes` picks the modes (default bf16 int8 int4). `--compile` decodes with the compiled step (`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
+`--modes` picks the modes (default bf16 int8 int4). `--compile` decodes with the compiled step
+(`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
 
 Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--kernels]
                                        [--release DIR] [--quick] [--compile] [--modes bf16 int8 int4]
@@ -49,7 +50,6 @@ from bench_core import (
 from unix_cxr.config import load_config
 from unix_cxr.infer.quantize import Int8Embedding, quantize_decoding
 from unix_cxr.infer.report import ReportGenerator
-
 
 MODES = ("bf16", "int8", "int4")
 
@@ -141,7 +141,8 @@ def kernel_speeds() -> list[tuple[str, float, float]]:
 
 
 def run_modes(args) -> dict[str, dict]:
-    """Figures of each mode of `args.modes` ("bf16", "int8", "int4"), each measured in a fresh process on `args.release` (or on a random
+    """Figures of each mode of `args.modes` ("bf16", "int8", "int4"), each measured in a fresh process on
+    `args.release` (or on a random
     release folder written for the run and removed afterwards)."""
     with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
         release = args.release
@@ -182,8 +183,9 @@ def main(argv=None) -> None:
     read_gbs = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
     print(f"streaming read bandwidth {read_gbs:.2f} GB/s ({args.bw_gb:g} GB buffer)")
     rows = run_modes(args)
-    print(f"\nreport-only, batch 1, {next(iter(rows.values()))['context']} context tokens, {args.new_tokens} new tokens, median "
-          f"of {args.repeats}; each mode in a fresh process")
+    context = next(iter(rows.values()))["context"]
+    print(f"\nreport-only, batch 1, {context} context tokens, {args.new_tokens} new tokens, median of {args.repeats}; "
+          "each mode in a fresh process")
     print(f"{'weights':8} {'GB/token':>9} {'s/token':>8} {'bound s':>8} {'of bound':>9} {'prefill s':>10} "
           f"{'load s':>7} {'peak GB: runtime':>17} {'loaded':>7} {'job':>6}")
     for mode, r in rows.items():

@@ -1,7 +1,7 @@
 """Quality of a phantom model trained by `unix-cxr train --config phantom-tiny` (a script that prints figures).
 
-    python benchmarks/phantom_quality.py --run RUN [--release RUN/gen_ft/final] [--json out.json] [--quantize int8|int4]
-        [--step-cache taylor] [--steps 50]
+    python benchmarks/phantom_quality.py --run RUN [--release RUN/gen_ft/final] [--json out.json]
+        [--quantize int8|int4] [--step-cache taylor] [--steps 50]
 
 On the run's validation phantoms (`RUN/data/phantoms/val`, drawn from another seed than the training phantoms):
 
@@ -9,6 +9,8 @@ On the run's validation phantoms (`RUN/data/phantoms/val`, drawn from another se
    generated reports; CheXpert F1 against the phantoms' true labels (`labels.jsonl`), uncertain as negative and as
    positive. Macro-14 averages all 14 labels, 5 of which no phantom ever has (they count 0), so the macro over
    the labels that occur in the validation set is printed too. The labeler on the true reports is the ceiling.
+   With `--quantize`, the unquantized model's reports too: how many are word for word the same, and the share of
+   its tokens that come before each report's first difference.
 2. Images: a phantom-finding classifier (`unix_cxr.eval.phantom_classifier`) is trained on phantoms drawn here
    from a third seed (cached in `RUN/eval/classifier`), then scored on the real validation phantoms at the
    model's image size (its own accuracy), on their VAE reconstructions (what the VAE leaves visible), and on the
@@ -67,6 +69,18 @@ def f1_table(pred: dict, ref: dict, present: list[str]) -> dict:
     return out
 
 
+def agreement(quantized: list, plain: list) -> dict:
+    """Reports identical word for word, reports compared, and the percentage of the plain reports' tokens (EOS
+    included) that come before each report's first differing token."""
+    same = prefix = total = 0
+    for q, p in zip(quantized, plain, strict=True):
+        same += q.text == p.text
+        a, b = [*q.token_ids, None], [*p.token_ids, None]
+        prefix += next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        total += len(b)
+    return {"identical": same, "reports": len(plain), "token_prefix_pct": round(100 * prefix / total, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="the --output folder of the phantom-tiny run")
@@ -121,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     figures["reports"]["seconds"] = round(seconds, 1)
     figures["reports"]["examples"] = [{"id": i, "true": reports[i], "generated": r.text}
                                       for i, r in list(zip(ids, generated, strict=True))[:3]]
+    if args.quantize != "none":  # the same reports without quantization: how many are word for word the same
+        figures["reports"]["against_unquantized"] = agreement(
+            generated, UniXPipeline.from_pretrained(release, batch_size=16).report(
+                [str(val / "images" / f"{i}.png") for i in ids]))
+        log.info("%s against unquantized: %d of %d reports identical, %.1f %% of the unquantized tokens before a "
+                 "report's first difference", args.quantize, *figures["reports"]["against_unquantized"].values())
     uan, uap = figures["reports"]["uncertain_as_negative"], figures["reports"]["uncertain_as_positive"]
     log.info("reports (%d validation phantoms, %.0f s): micro-14 F1 %.3f, macro-14 %.3f, macro over the %d labels "
              "present %.3f (uncertain as negative); uncertain as positive: micro-14 %.3f, macro-%d %.3f",

@@ -225,6 +225,9 @@ class Int4Linear(nn.Module):
 def int4_block_rows() -> int:
     """The rows per block of the CPU int4 kernel's packed layout on this build (64 with AVX-512, 32 otherwise),
     read off the kernel: a probe packed by it must unpack to itself, else int4 is refused here."""
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        raise RuntimeError(f"--quantize int4 needs PyTorch's CPU int4 kernel (torch >= 2.6; this is "
+                           f"{torch.__version__}); use --quantize int8")
     probe = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1).view(-1)
     for b in (64, 32):
@@ -357,4 +360,5 @@ def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "int4_block_rows", "decoding_steps", "quantize_decoding"]
+__all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "decoding_steps", "int4_block_rows",
+           "quantize_decoding"]
