@@ -9,7 +9,6 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PARITY, needs_parity
 from torch import nn
 
 from unix_cxr.config import load_config
@@ -99,27 +98,3 @@ def test_int4_greedy_reports_are_batch_invariant_and_name_the_findings():
     assert [r.text for r in one.report(images)] == [r.text for r in eight.report(images)]
     assert "cardiomegaly" in one.report([assets / "phantom.png"])[0].text.lower()
     assert isinstance(one.model.decoder.layers[0].und.mlp.down_proj, Int4Linear)
-
-
-@needs_parity
-def test_int4_logits_on_the_parity_goldens_model_stay_within_the_stated_tolerance():
-    """The authors' understanding golden (case 3) with int4 decoding weights (groups of 128 where the widths allow):
-    every decoding step's logits within 0.1 of the golden ones (measured 0.061, about 11 % of the largest logit;
-    int8: 0.006), the greedy tokens the golden ones."""
-    from unix_cxr.eval.parity import GoldenDir, _read_case, build_model
-    from unix_cxr.infer.report import ReportGenerator
-
-    golden = GoldenDir.open(PARITY)
-    t = _read_case(golden.root / "case3_understanding.safetensors")
-    model = quantize_decoding(build_model(golden), "int4")
-    assert any(isinstance(m, Int4Linear) for m in model.modules())
-    engine = ReportGenerator(model)
-    steps = t["output/step_logits"].shape[0]
-    with torch.inference_mode():
-        state = engine.prefill(t["input/pixel_values"], [t["layout/text_block_token_ids"].tolist()], steps)
-        out = engine.decode(state, steps, keep_logits=True)
-    logits = torch.stack([s[0] for s in out.step_logits])
-    err = float((logits - t["output/step_logits"][: logits.shape[0]]).abs().max())
-    assert err <= 0.1
-    golden_ids = t["output/generated_tokens"].tolist()
-    assert [golden.cfg.tokens.bos, *out.token_ids[0]][: len(golden_ids)] == golden_ids
