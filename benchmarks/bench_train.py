@@ -10,7 +10,8 @@ matmul, best of 5). Model FLOPs per step = 6 x the matmul parameters each row ru
 layer; lm_head at CE rows only, llm2vae / vae2llm at latent rows) + 12 x layers x hidden x sum over samples of
 L_s^2 (attention, forward + backward).
 
-Usage: python benchmarks/bench_train.py [--precisions fp32 bf16-mixed] [--steps 5] [--hidden 512 ...]
+Usage: python benchmarks/bench_train.py [--precisions fp32 bf16-mixed] [--adamw fused for-loop] [--steps 5]
+                                        [--hidden 512 ...]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from unix_cxr.data.packing import Latent, Text, pack
 from unix_cxr.flow import sample_timesteps
 from unix_cxr.model.unix import UniX
 from unix_cxr.train.objectives import training_forward
+from unix_cxr.train.optimizer import build_adamw
+from unix_cxr.train.recipe import ADAMW_IMPLEMENTATIONS, OptimConfig
 
 log = logging.getLogger("bench_train")
 
@@ -73,12 +76,12 @@ def model_flops(model: UniX, packed, samples, cfg) -> float:
     return 6 * matmul + attention
 
 
-def bench(precision: str, args) -> dict:
+def bench(precision: str, adamw: str, args) -> dict:
     cfg = config(args)
     torch.manual_seed(0)
     model = UniX(cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-15)
+    optimizer = build_adamw(params, OptimConfig(lr=1e-4, betas=(0.9, 0.95), eps=1e-15, implementation=adamw))
     gen = torch.Generator().manual_seed(0)
     packed, samples = batch(cfg, args, gen)
     noise = torch.randn(packed.latent_tokens.shape, generator=gen)
@@ -105,14 +108,16 @@ def bench(precision: str, args) -> dict:
     flops = model_flops(model, packed, samples, cfg)
     peak = gemm_peak(torch.bfloat16 if precision == "bf16-mixed" else torch.float32, args.gemm)
     tokens = int(packed.position_ids.numel())
-    return {"precision": precision, "tokens": tokens, "s_per_step": seconds, "tokens_per_s": tokens / seconds,
-            "model_tflops": flops / seconds / 1e12, "peak_tflops": peak / 1e12, "mfu": flops / seconds / peak,
-            "busy": busy}
+    return {"precision": precision, "adamw": adamw, "tokens": tokens, "s_per_step": seconds,
+            "tokens_per_s": tokens / seconds, "model_tflops": flops / seconds / 1e12, "peak_tflops": peak / 1e12,
+            "mfu": flops / seconds / peak, "busy": busy}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16-mixed"], choices=["fp32", "bf16-mixed"])
+    p.add_argument("--adamw", nargs="+", default=["fused"], choices=ADAMW_IMPLEMENTATIONS,
+                   help="optimizer implementations (train/optimizer.py; default: the trainer's, fused)")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per precision (median)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--hidden", type=int, default=512)
@@ -130,11 +135,11 @@ def main(argv=None) -> int:
     log.info("python benchmarks/bench_train.py %s", " ".join(argv or sys.argv[1:]))
     log.info("CPU %s, %d threads, flags %s, torch %s", platform.processor() or platform.machine(), args.threads,
              " ".join(flags), torch.__version__)
-    rows = [bench(name, args) for name in args.precisions]
-    log.info("%-11s %7s %9s %11s %12s %11s %7s %6s", "precision", "tokens", "s/step", "tokens/s", "model TFLOP/s",
-             "peak TFLOP/s", "MFU", "busy")
+    rows = [bench(name, adamw, args) for name in args.precisions for adamw in args.adamw]
+    log.info("%-11s %-8s %7s %9s %11s %12s %11s %7s %6s", "precision", "adamw", "tokens", "s/step", "tokens/s",
+             "model TFLOP/s", "peak TFLOP/s", "MFU", "busy")
     for r in rows:
-        log.info("%-11s %7d %9.3f %11.0f %12.4f %11.4f %6.1f%% %5.0f%%", r["precision"], r["tokens"],
+        log.info("%-11s %-8s %7d %9.3f %11.0f %12.4f %11.4f %6.1f%% %5.0f%%", r["precision"], r["adamw"], r["tokens"],
                  r["s_per_step"], r["tokens_per_s"], r["model_tflops"], r["peak_tflops"], 100 * r["mfu"],
                  100 * r["busy"])
     return 0

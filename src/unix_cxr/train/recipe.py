@@ -56,6 +56,7 @@ EXPERTS = ("und", "gen", "both")
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 VAE_PRECISIONS = ("fp32", "bf16-mixed", "auto")
 GROUP_KINDS = ("chat", "caption")
+ADAMW_IMPLEMENTATIONS = ("fused", "foreach", "for-loop")  # train/optimizer.py
 # what each stage trains by default (spec 5.1 / 5.4): stage 1 the understanding side, stages 2-3 the generation side
 DEFAULT_EXPERTS = {"und_sft": "und", "gen_pt": "gen", "gen_ft": "gen"}
 
@@ -72,6 +73,7 @@ class OptimConfig:
     schedule: str = "constant"  # constant | cosine
     min_lr: float = 1e-7  # cosine only
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    implementation: str = "fused"  # fused | foreach | for-loop (train/optimizer.py; for-loop: the demo model's)
 
 
 @dataclass
@@ -252,6 +254,9 @@ class TrainRecipe:
                 continue
             if st.optim.schedule not in ("constant", "cosine"):
                 raise ValueError(f"{where}.optim.schedule must be 'constant' or 'cosine', got {st.optim.schedule!r}")
+            if st.optim.implementation not in ADAMW_IMPLEMENTATIONS:
+                raise ValueError(f"{where}.optim.implementation must be one of {ADAMW_IMPLEMENTATIONS}, "
+                                 f"got {st.optim.implementation!r}")
             if not st.optim.lr > 0 or st.optim.warmup_steps < 0:
                 raise ValueError(f"{where}.optim: lr must be positive and warmup_steps non-negative")
             if st.kind == "vae":

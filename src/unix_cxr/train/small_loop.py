@@ -22,6 +22,7 @@ import torch
 
 from ..utils.atomic import write_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .optimizer import build_adamw
 from .parallel import Dist
 from .recipe import StageConfig
 
@@ -100,9 +101,7 @@ def metrics_upto(path: Path, step: int) -> None:
 
 def adamw(module: torch.nn.Module, stage: StageConfig, lr_schedule: Callable[[int], float]):
     """AdamW over the trainable parameters with the stage's settings, and its LambdaLR schedule."""
-    o = stage.optim
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=o.lr,
-                                  betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    optimizer = build_adamw((p for p in module.parameters() if p.requires_grad), stage.optim)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
 
 

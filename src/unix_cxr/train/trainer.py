@@ -42,6 +42,7 @@ from .ema import EMA
 from .freeze import apply_freeze
 from .lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from .objectives import draw_flow_inputs, training_forward, window_counts
+from .optimizer import build_adamw
 from .parallel import Dist, fill_shards, full_state, is_sharded, shard, wrap_layers
 from .phantom_data import prepare_phantom_data
 from .recipe import StageConfig, TrainRecipe, save_recipe
@@ -208,7 +209,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     ema = EMA(model, stage.ema_decay) if stage.ema_decay is not None else None
     extra = {"ema": ema.state_dict()} if ema is not None else None
     o = stage.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    optimizer = build_adamw(params, o)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage))
     loader = build_loader(stage, cfg, tokenizer, d, recipe.seed)
     validation = Validation.build(stage, cfg, tokenizer, d, recipe.seed)
