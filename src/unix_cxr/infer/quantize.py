@@ -192,14 +192,16 @@ class Int4Linear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def dequantized(self, dtype: torch.dtype, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Rows start:end (whole blocks) of the float weight: (q - 8) x scale + zero in float32, then `dtype`."""
+        """Rows start:end (whole blocks) of the float weight: (q - 8) x scale + zero, computed in float32 as
+        q x scale + (zero - 8 x scale) in place, then `dtype`."""
         end = self.out_features if end is None else end
         k, b = self.in_features, int4_block_rows()
         blocks = self.weight_int4.view(-1)[start * k // 2:end * k // 2].view(-1, k, b // 2)
         q = torch.cat([blocks & 15, blocks >> 4], 2).transpose(1, 2).reshape(end - start, k // self.group_size,
                                                                               self.group_size)
         sz = self.scales_zeros[:, start:end].float().transpose(0, 1)  # (rows, groups, 2)
-        w = (q.float() - 8).mul_(sz[..., :1]).add_(sz[..., 1:])
+        scale = sz[..., :1]
+        w = q.float().mul_(scale).add_(sz[..., 1:] - 8 * scale)
         return w.reshape(end - start, k).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
