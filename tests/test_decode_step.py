@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import randomize
 
 from unix_cxr.config import load_config
-from unix_cxr.infer.quantize import quantize_decoding
+from unix_cxr.infer.quantize import int4_available, quantize_decoding
 from unix_cxr.infer.report import ReportGenerator, decode_step
 from unix_cxr.model import linear as linear_module
 from unix_cxr.model.decoder import CacheAttention
@@ -144,7 +144,8 @@ def test_compiled_bf16_decoding_agrees_with_eager_to_bf16_rounding():
 
 
 @needs_stance
-@pytest.mark.parametrize("quantize", ["none", "int8", "int4"])
+@pytest.mark.parametrize("quantize", ["none", "int8", pytest.param("int4", marks=pytest.mark.skipif(
+    not int4_available(), reason="no CPU int4 kernel layout we read"))])
 def test_compiled_decoding_gives_the_eager_reports_without_recompiling(quantize):
     """One compile for a ragged batch of two; a batch of three with another capacity runs on the same graph
     (`fail_on_recompile`); the tokens are the eager ones and the logits equal to rounding. (A batch of one is a

@@ -1,13 +1,13 @@
-"""The stages' AdamW (`unix_cxr.train.optimizer.build_adamw`): fused by default, the three implementations give one
-update to float rounding and share one state format (a checkpoint of one resumes under another), and a recipe
-naming another implementation fails naming the key."""
+"""The stages' AdamW (`unix_cxr.train.optimizer`): fused by default, the three implementations give one update to
+float rounding and share one state format (a checkpoint of one resumes under another, with the recipe's
+implementation put back after the load), and a recipe naming another implementation fails naming the key."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from unix_cxr.train.optimizer import build_adamw
+from unix_cxr.train.optimizer import build_adamw, set_implementation
 from unix_cxr.train.recipe import ADAMW_IMPLEMENTATIONS, OptimConfig, load_recipe
 
 
@@ -52,6 +52,9 @@ def test_the_implementations_give_one_update_and_share_one_state_format():
     params = [torch.nn.Parameter(p) for p in _run("for-loop", steps=5)[0]]
     opt = build_adamw(params, OptimConfig(lr=1e-2, weight_decay=0.1))
     opt.load_state_dict(five.state_dict())
+    assert not opt.param_groups[0]["fused"]  # load_state_dict brought the checkpoint's flags along
+    set_implementation(opt, OptimConfig(lr=1e-2, weight_decay=0.1))
+    assert opt.param_groups[0]["fused"] is True  # the recipe's implementation again
     gen = torch.Generator().manual_seed(1)
     for _ in range(5):  # the grads of steps 1-5 again; skip them to reach those of steps 6-10
         for p in params:

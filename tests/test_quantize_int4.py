@@ -13,8 +13,18 @@ from torch import nn
 
 from unix_cxr.config import load_config
 from unix_cxr.infer.pipeline import UniXPipeline
-from unix_cxr.infer.quantize import Int4Linear, Int8Embedding, Int8Linear, decoding_steps, quantize_decoding
+from unix_cxr.infer.quantize import (
+    Int4Linear,
+    Int8Embedding,
+    Int8Linear,
+    decoding_steps,
+    int4_available,
+    int4_block_rows,
+    quantize_decoding,
+)
 from unix_cxr.model.unix import UniX
+
+pytestmark = pytest.mark.skipif(not int4_available(), reason="this torch build has no CPU int4 kernel layout we read")
 
 
 @pytest.mark.parametrize("shape", [(128, 256), (384, 128), (64, 96)], ids=["g128", "K=128", "g32"])
@@ -30,7 +40,7 @@ def test_int4_codes_are_within_half_a_step_and_the_kernel_multiplies_what_the_la
     assert group == max(g for g in (32, 64, 128) if k % g == 0)
     q = Int4Linear(linear, group)
     w = q.dequantized(torch.float32)
-    scale = q.scales_zeros[..., 0].float().transpose(0, 1).repeat_interleave(group, 1)  # (n, k)
+    scale = q.scales_zeros.view(torch.bfloat16)[..., 0].float().transpose(0, 1).repeat_interleave(group, 1)  # (n, k)
     assert (w - linear.weight).abs().le(scale / 2 + 1e-6).all()
     assert not torch.equal(w, linear.weight)
     x = torch.randn(5, k)
@@ -41,6 +51,30 @@ def test_int4_codes_are_within_half_a_step_and_the_kernel_multiplies_what_the_la
     torch.testing.assert_close(kernel, ref, rtol=0, atol=0.01 * float(ref.abs().max()))
     shuffled = F.linear(x.bfloat16().float(), w.roll(1, 0)) + linear.bias
     assert (kernel - shuffled).abs().max() > 0.1 * float(ref.abs().max())
+
+
+def test_int4_layers_survive_a_dtype_cast_and_refuse_a_state_packed_for_another_layout():
+    """model.to(dtype) leaves the bf16 scales and zeros as they are (held as int16 bits); a state whose packed
+    layout has another block size (another CPU build) is a clear error, not misread weights."""
+    torch.manual_seed(2)
+    q = Int4Linear(nn.Linear(128, 128), 128)
+    x = torch.randn(2, 128).bfloat16()
+    with decoding_steps():
+        before = q(x)
+        q.to(torch.float32)
+        assert torch.equal(q(x), before)
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    fresh = Int4Linear(nn.Linear(128, 128), 128)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.weight_int4, q.weight_int4)
+    state["block_rows"] = torch.tensor(96 - int4_block_rows())  # 32 <-> 64
+    with pytest.raises(ValueError, match=r"packed for .*-row blocks"):
+        fresh.load_state_dict(state)
+
+
+def test_int4_is_refused_on_another_device_before_anything_loads():
+    with pytest.raises(ValueError, match=r"int4.*CPU only"):
+        UniXPipeline.from_pretrained("demo", device="cuda", quantize="int4")
 
 
 def test_an_int4_row_does_not_depend_on_its_batch():

@@ -332,6 +332,9 @@ class UniXPipeline:
         choose_dtype(dtype, device)  # a bad dtype or quantize mode fails before any file is read
         if quantize not in QUANTIZE_CHOICES:
             raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+        if quantize == "int4" and torch.device(device).type != "cpu":
+            raise ValueError(f"quantize='int4' runs on CPU only (PyTorch's CPU int4 kernel), not on {device}; use "
+                             "'int8' or no quantization there")
         if special_tokens is not None and not isinstance(special_tokens, SpecialTokens):
             special_tokens = SpecialTokens(*special_tokens)
         path = Path(path_or_preset)

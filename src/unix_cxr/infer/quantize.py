@@ -32,9 +32,10 @@ scale and zero per group (w = (q - 8) x scale + zero), in the layout of PyTorch'
 torchao's int4 CPU layout calls). A quarter of the bf16 bytes per decoded token; outside decoding steps the layer
 unpacks that layout (its full blocks keep rows 0..B/2-1 in the low nibbles and B/2..B-1 in the high ones, B = 64
 on AVX-512 builds, 32 on AVX2: `int4_block_rows` reads which from the kernel itself) and runs a dense matmul. A
-layer whose shape the kernel or that layout cannot take stays int8 (logged). The token embeddings stay int8.
-The packed layout belongs to the CPU build that made it, so int4 weights are quantized at load from the float
-checkpoint, and the kernel runs on CPU only.
+layer whose shape the kernel or that layout cannot take (outputs not a multiple of 64, on every build) stays int8
+(logged). The token embeddings stay int8.
+The packed layout belongs to the CPU build that made it (a state packed elsewhere is refused by its recorded
+block size), so int4 weights are quantized at load from the float checkpoint; the kernel runs on CPU only.
 
 Not quantized, because it would break or gain nothing: the generation expert, `llm2vae`, `vae2llm` and the
 time embedder (image generation keeps their full-precision weights), SigLIP and the connector (run once per
@@ -155,6 +156,18 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel{paired}"
 
 
+@torch.library.custom_op("unix_cxr::int4_mm", mutates_args=())
+def int4_mm(rows: torch.Tensor, packed: torch.Tensor, group_size: int, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """PyTorch's CPU int4 kernel as one opaque operator: under torch.compile the decoding step then calls the very
+    kernel the eager step calls, on the layout it packed (inductor's own lowering of the aten op is not used)."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scales_zeros)
+
+
+@int4_mm.register_fake
+def _(rows: torch.Tensor, packed: torch.Tensor, group_size: int, scales_zeros: torch.Tensor) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], packed.shape[0])
+
+
 class Int4Linear(nn.Module):
     """`nn.Linear` with 4-bit weights in groups along the input (a bf16 scale and zero per group), in the layout
     of PyTorch's CPU int4 kernel (see the module doc)."""
@@ -166,14 +179,18 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
         packed, scales_zeros = _quantize_int4(linear.weight.detach(), group_size)
         self.register_buffer("weight_int4", packed)
-        self.register_buffer("scales_zeros", scales_zeros)
+        # the bf16 scales and zeros held as their int16 bits, so that model.to(dtype) leaves them bf16
+        self.register_buffer("scales_zeros", scales_zeros.view(torch.int16))
+        # the packed layout's rows per block (CPU build specific): a state made elsewhere is refused, not misread
+        self.register_buffer("block_rows", torch.tensor(int4_block_rows(), device=packed.device))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     @staticmethod
     def fits(linear: nn.Linear) -> int | None:
         """The group size `linear` takes (128, 64 or 32 dividing its input width), or None when the kernel or the
-        unpacking cannot take its shape (outputs not in whole blocks of `int4_block_rows()`)."""
-        if linear.out_features % int4_block_rows():
+        unpacking cannot take its shape: outputs in whole blocks of 64 rows, the larger of the two layouts' blocks,
+        so that which layers are int4 does not depend on the CPU build."""
+        if linear.out_features % 64:
             return None
         return next((g for g in (128, 64, 32) if linear.in_features % g == 0), None)
 
@@ -187,8 +204,13 @@ class Int4Linear(nn.Module):
         weight = state_dict.get(prefix + "weight")
         if weight is not None:
             packed, scales_zeros = _quantize_int4(weight, self.group_size)
-            state_dict = {prefix + "weight_int4": packed, prefix + "scales_zeros": scales_zeros,
+            state_dict = {prefix + "weight_int4": packed, prefix + "scales_zeros": scales_zeros.view(torch.int16),
+                          prefix + "block_rows": torch.tensor(int4_block_rows()),
                           **({prefix + "bias": state_dict[prefix + "bias"]} if prefix + "bias" in state_dict else {})}
+        elif prefix + "block_rows" in state_dict and int(state_dict[prefix + "block_rows"]) != int4_block_rows():
+            raise ValueError(f"{prefix}: int4 weights packed for {int(state_dict[prefix + 'block_rows'])}-row blocks "
+                             f"(another CPU build); this one packs {int4_block_rows()}: quantize from the float "
+                             "weights here")
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def dequantized(self, dtype: torch.dtype, start: int = 0, end: int | None = None) -> torch.Tensor:
@@ -199,7 +221,7 @@ class Int4Linear(nn.Module):
         blocks = self.weight_int4.view(-1)[start * k // 2:end * k // 2].view(-1, k, b // 2)
         q = torch.cat([blocks & 15, blocks >> 4], 2).transpose(1, 2).reshape(end - start, k // self.group_size,
                                                                               self.group_size)
-        sz = self.scales_zeros[:, start:end].float().transpose(0, 1)  # (rows, groups, 2)
+        sz = self.scales_zeros[:, start:end].view(torch.bfloat16).float().transpose(0, 1)  # (rows, groups, 2)
         scale = sz[..., :1]
         w = q.float().mul_(scale).add_(sz[..., 1:] - 8 * scale)
         return w.reshape(end - start, k).to(dtype)
@@ -209,8 +231,8 @@ class Int4Linear(nn.Module):
         if torch.compiler.is_compiling() or _DECODING.get():  # as Int8Linear.forward
             if rows.device.type != "cpu":
                 raise RuntimeError("int4 decoding runs on CPU only (PyTorch's CPU int4 kernel); use --quantize int8")
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), self.weight_int4,
-                                                             self.group_size, self.scales_zeros).to(x.dtype)
+            out = int4_mm(rows.to(torch.bfloat16), self.weight_int4, self.group_size,
+                          self.scales_zeros.view(torch.bfloat16)).to(x.dtype)
         else:
             block = self.dense_block
             out = torch.cat([F.linear(rows, self.dequantized(rows.dtype, a, min(a + block, self.out_features)))
@@ -221,6 +243,15 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group_size}"
+
+
+def int4_available() -> bool:
+    """Whether --quantize int4 runs here (the CPU int4 kernel exists and its layout is one this module reads)."""
+    try:
+        int4_block_rows()
+    except RuntimeError:
+        return False
+    return True
 
 
 @functools.cache
@@ -362,5 +393,6 @@ def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "decoding_steps", "int4_block_rows",
+__all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "decoding_steps", "int4_available",
+           "int4_block_rows",
            "quantize_decoding"]

@@ -5,7 +5,9 @@ parameters instead of a dozen elementwise passes per parameter.
 and bf16 parameters, FSDP2's DTensor shards included: the two-process gloo test runs it), `foreach` (multi-tensor)
 or `for-loop` (the single-tensor loop, PyTorch's default on CPU, which trained the shipped demo model). The update
 is the same AdamW; they differ only in float rounding order, and the optimizer state has one format, so a
-checkpoint resumes under any of them (exactly under the one it was written with). On the mid-size config of
+checkpoint resumes under any of them (exactly under the one it was written with). Loading an optimizer's state
+also loads the implementation flags it was saved with, so `set_implementation` puts the recipe's back after a
+resume. On the mid-size config of
 `benchmarks/bench_train.py` the fused step saves most of the optimizer's time (docs/benchmarks.md).
 """
 
@@ -27,4 +29,18 @@ def build_adamw(params: Iterable[torch.nn.Parameter], o: OptimConfig) -> torch.o
                              **kind[o.implementation])
 
 
-__all__ = ["build_adamw"]
+def set_implementation(optimizer: torch.optim.Optimizer, o: OptimConfig) -> None:
+    """After `load_state_dict` (a resume): the recipe's implementation again, not the checkpoint's. Fused keeps
+    each parameter's step count on the parameter's device (the loop keeps it on the CPU)."""
+    fused = o.implementation == "fused"
+    flags = {"fused": (True, None), "foreach": (None, True), "for-loop": (None, False)}[o.implementation]
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = flags
+        if fused:
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(p.device)
+
+
+__all__ = ["build_adamw", "set_implementation"]

@@ -22,7 +22,7 @@ import torch
 
 from ..utils.atomic import write_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .optimizer import build_adamw
+from .optimizer import build_adamw, set_implementation
 from .parallel import Dist
 from .recipe import StageConfig
 
@@ -52,6 +52,7 @@ def fit(name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
         trainer_state, _ = load_checkpoint(last, module, optimizer, d)
+        set_implementation(optimizer, stage.optim)
         step = int(trainer_state["step"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         log.info("stage %s: resuming from %s (step %d)", name, last, step)

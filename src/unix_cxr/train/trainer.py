@@ -42,7 +42,7 @@ from .ema import EMA
 from .freeze import apply_freeze
 from .lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from .objectives import draw_flow_inputs, training_forward, window_counts
-from .optimizer import build_adamw
+from .optimizer import build_adamw, set_implementation
 from .parallel import Dist, fill_shards, full_state, is_sharded, shard, wrap_layers
 from .phantom_data import prepare_phantom_data
 from .recipe import StageConfig, TrainRecipe, save_recipe
@@ -219,6 +219,7 @@ def run_stage(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, ini
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
         trainer_state, rank_state = load_checkpoint(last, trained, optimizer, d, extra)
+        set_implementation(optimizer, o)
         step = int(trainer_state["step"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         if rank_state is not None:
