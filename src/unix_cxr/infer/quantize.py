@@ -158,8 +158,10 @@ class Int8Linear(nn.Module):
 
 @torch.library.custom_op("unix_cxr::int4_mm", mutates_args=())
 def int4_mm(rows: torch.Tensor, packed: torch.Tensor, group_size: int, scales_zeros: torch.Tensor) -> torch.Tensor:
-    """PyTorch's CPU int4 kernel as one opaque operator: under torch.compile the decoding step then calls the very
-    kernel the eager step calls, on the layout it packed (inductor's own lowering of the aten op is not used)."""
+    """PyTorch's CPU int4 kernel as one opaque operator, for torch.compile where ATen packs 32-row blocks (AVX2):
+    inductor lowers the aten op to its own int4 GEMM, which reads the 64-row (AVX-512) layout (with ATen forced
+    to AVX2 on an AVX-512 CPU it gave zeros); with 64-row blocks the aten op is left to inductor (0.077 against
+    0.085 s per full-size token opaque on this AMX CPU, docs/benchmarks.md)."""
     return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scales_zeros)
 
 
@@ -183,6 +185,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales_zeros", scales_zeros.view(torch.int16))
         # the packed layout's rows per block (CPU build specific): a state made elsewhere is refused, not misread
         self.register_buffer("block_rows", torch.tensor(int4_block_rows(), device=packed.device))
+        self._mm = torch.ops.aten._weight_int4pack_mm_for_cpu if int4_block_rows() == 64 else int4_mm  # int4_mm
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     @staticmethod
@@ -231,8 +234,8 @@ class Int4Linear(nn.Module):
         if torch.compiler.is_compiling() or _DECODING.get():  # as Int8Linear.forward
             if rows.device.type != "cpu":
                 raise RuntimeError("int4 decoding runs on CPU only (PyTorch's CPU int4 kernel); use --quantize int8")
-            out = int4_mm(rows.to(torch.bfloat16), self.weight_int4, self.group_size,
-                          self.scales_zeros.view(torch.bfloat16)).to(x.dtype)
+            out = self._mm(rows.to(torch.bfloat16), self.weight_int4, self.group_size,
+                     self.scales_zeros.view(torch.bfloat16)).to(x.dtype)
         else:
             block = self.dense_block
             out = torch.cat([F.linear(rows, self.dequantized(rows.dtype, a, min(a + block, self.out_features)))
