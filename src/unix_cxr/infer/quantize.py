@@ -159,9 +159,9 @@ class Int8Linear(nn.Module):
 @torch.library.custom_op("unix_cxr::int4_mm", mutates_args=())
 def int4_mm(rows: torch.Tensor, packed: torch.Tensor, group_size: int, scales_zeros: torch.Tensor) -> torch.Tensor:
     """PyTorch's CPU int4 kernel as one opaque operator, for torch.compile where ATen packs 32-row blocks (AVX2):
-    inductor lowers the aten op to its own int4 GEMM, which reads the 64-row (AVX-512) layout (with ATen forced
-    to AVX2 on an AVX-512 CPU it gave zeros); with 64-row blocks the aten op is left to inductor (0.077 against
-    0.085 s per full-size token opaque on this AMX CPU, docs/benchmarks.md)."""
+    inductor's own lowering of the aten op misread that packing (with ATen forced to AVX2 on an AVX-512 CPU the
+    compiled step gave zeros); with 64-row blocks the aten op is left to inductor, which is faster there (0.077
+    against 0.085 s per full-size token opaque on this AMX CPU, docs/benchmarks.md)."""
     return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scales_zeros)
 
 
