@@ -185,7 +185,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales_zeros", scales_zeros.view(torch.int16))
         # the packed layout's rows per block (CPU build specific): a state made elsewhere is refused, not misread
         self.register_buffer("block_rows", torch.tensor(int4_block_rows(), device=packed.device))
-        self._mm = torch.ops.aten._weight_int4pack_mm_for_cpu if int4_block_rows() == 64 else int4_mm  # int4_mm
+        self._mm = torch.ops.aten._weight_int4pack_mm_for_cpu if int4_block_rows() == 64 else int4_mm
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     @staticmethod
@@ -220,10 +220,9 @@ class Int4Linear(nn.Module):
         """Rows start:end (whole blocks) of the float weight: (q - 8) x scale + zero, computed in float32 as
         q x scale + (zero - 8 x scale) in place, then `dtype`."""
         end = self.out_features if end is None else end
-        k, b = self.in_features, int4_block_rows()
-        blocks = self.weight_int4.view(-1)[start * k // 2:end * k // 2].view(-1, k, b // 2)
-        q = torch.cat([blocks & 15, blocks >> 4], 2).transpose(1, 2).reshape(end - start, k // self.group_size,
-                                                                              self.group_size)
+        k = self.in_features
+        q = _unpack_codes(self.weight_int4.view(-1)[start * k // 2:end * k // 2], k, int4_block_rows())
+        q = q.reshape(end - start, k // self.group_size, self.group_size)
         sz = self.scales_zeros[:, start:end].view(torch.bfloat16).float().transpose(0, 1)  # (rows, groups, 2)
         scale = sz[..., :1]
         w = q.float().mul_(scale).add_(sz[..., 1:] - 8 * scale)
@@ -235,7 +234,7 @@ class Int4Linear(nn.Module):
             if rows.device.type != "cpu":
                 raise RuntimeError("int4 decoding runs on CPU only (PyTorch's CPU int4 kernel); use --quantize int8")
             out = self._mm(rows.to(torch.bfloat16), self.weight_int4, self.group_size,
-                     self.scales_zeros.view(torch.bfloat16)).to(x.dtype)
+                           self.scales_zeros.view(torch.bfloat16)).to(x.dtype)
         else:
             block = self.dense_block
             out = torch.cat([F.linear(rows, self.dequantized(rows.dtype, a, min(a + block, self.out_features)))
@@ -267,11 +266,17 @@ def int4_block_rows() -> int:
     probe = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1).view(-1)
     for b in (64, 32):
-        blocks = packed.view(-1, 64, b // 2)
-        if torch.equal(torch.cat([blocks & 15, blocks >> 4], 2).transpose(1, 2).reshape(128, 64).int(), probe):
+        if torch.equal(_unpack_codes(packed, 64, b).int(), probe):
             return b
     raise RuntimeError("--quantize int4: this PyTorch build's int4 CPU layout is not one unix-cxr can unpack; "
                        "use --quantize int8")
+
+
+def _unpack_codes(packed: torch.Tensor, k: int, block_rows: int) -> torch.Tensor:
+    """Flat packed bytes of whole blocks of `block_rows` weight rows -> their (rows, k) uint8 codes: each block
+    is (k, block_rows / 2) bytes, rows 0..block_rows/2-1 in the low nibbles and the rest in the high ones."""
+    blocks = packed.view(-1, k, block_rows // 2)
+    return torch.cat([blocks & 15, blocks >> 4], 2).transpose(1, 2).reshape(-1, k)
 
 
 def _quantize_int4(weight: torch.Tensor, group_size: int, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -397,5 +402,4 @@ def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
 
 
 __all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "decoding_steps", "int4_available",
-           "int4_block_rows",
-           "quantize_decoding"]
+           "int4_block_rows", "quantize_decoding"]

@@ -19,24 +19,25 @@ import torch
 
 from .recipe import ADAMW_IMPLEMENTATIONS, OptimConfig
 
+# each implementation's (fused, foreach) arguments of torch.optim.AdamW, also the flags its param groups carry
+_FLAGS = {"fused": (True, None), "foreach": (None, True), "for-loop": (None, False)}
+
 
 def build_adamw(params: Iterable[torch.nn.Parameter], o: OptimConfig) -> torch.optim.AdamW:
     """AdamW over `params` with the settings of `o` (lr, betas, eps, weight decay, implementation)."""
-    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
     if o.implementation not in ADAMW_IMPLEMENTATIONS:
         raise ValueError(f"optim.implementation must be one of {ADAMW_IMPLEMENTATIONS}, got {o.implementation!r}")
+    fused, foreach = _FLAGS[o.implementation]
     return torch.optim.AdamW(list(params), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                             **kind[o.implementation])
+                             fused=fused, foreach=foreach)
 
 
 def set_implementation(optimizer: torch.optim.Optimizer, o: OptimConfig) -> None:
     """After `load_state_dict` (a resume): the recipe's implementation again, not the checkpoint's. Fused keeps
     each parameter's step count on the parameter's device (the loop keeps it on the CPU)."""
-    fused = o.implementation == "fused"
-    flags = {"fused": (True, None), "foreach": (None, True), "for-loop": (None, False)}[o.implementation]
     for group in optimizer.param_groups:
-        group["fused"], group["foreach"] = flags
-        if fused:
+        group["fused"], group["foreach"] = _FLAGS[o.implementation]
+        if o.implementation == "fused":
             for p in group["params"]:
                 state = optimizer.state.get(p, {})
                 if "step" in state:
