@@ -10,8 +10,11 @@ matmul, best of 5). Model FLOPs per step = 6 x the matmul parameters each row ru
 layer; lm_head at CE rows only, llm2vae / vae2llm at latent rows) + 12 x layers x hidden x sum over samples of
 L_s^2 (attention, forward + backward).
 
+The heap is set as the trainer sets it (`keep_freed_memory`, utils/memory.py); `--system-heap` leaves glibc's
+default, to compare (run the script once with and once without: the setting cannot be undone in a process).
+
 Usage: python benchmarks/bench_train.py [--precisions fp32 bf16-mixed] [--adamw fused for-loop] [--steps 5]
-                                        [--hidden 512 ...]
+                                        [--hidden 512 ...] [--system-heap]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from unix_cxr.model.unix import UniX
 from unix_cxr.train.objectives import training_forward
 from unix_cxr.train.optimizer import build_adamw
 from unix_cxr.train.recipe import ADAMW_IMPLEMENTATIONS, OptimConfig
+from unix_cxr.utils.memory import keep_freed_memory
 
 log = logging.getLogger("bench_train")
 
@@ -128,13 +132,16 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=8, help="samples per packed micro-batch (half und, half gen)")
     p.add_argument("--text-len", type=int, default=128)
     p.add_argument("--gemm", type=int, default=2048, help="side of the square GEMM that measures the peak")
+    p.add_argument("--system-heap", action="store_true",
+                   help="leave glibc's heap as it is (the trainer's default keeps freed memory: keep_freed_memory)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
+    heap = "glibc default" if args.system_heap else f"freed blocks kept, up to {keep_freed_memory() >> 20} MiB"
     flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in Path("/proc/cpuinfo").read_text()]
     log.info("python benchmarks/bench_train.py %s", " ".join(argv or sys.argv[1:]))
-    log.info("CPU %s, %d threads, flags %s, torch %s", platform.processor() or platform.machine(), args.threads,
-             " ".join(flags), torch.__version__)
+    log.info("CPU %s, %d threads, flags %s, torch %s, heap: %s", platform.processor() or platform.machine(),
+             args.threads, " ".join(flags), torch.__version__, heap)
     rows = [bench(name, adamw, args) for name in args.precisions for adamw in args.adamw]
     log.info("%-11s %-8s %7s %9s %11s %12s %11s %7s %6s", "precision", "adamw", "tokens", "s/step", "tokens/s",
              "model TFLOP/s", "peak TFLOP/s", "MFU", "busy")

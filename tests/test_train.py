@@ -165,6 +165,18 @@ def test_output_folder_in_use_needs_resume(reference, tmp_path, capsys):
     assert rc == 2 and "is not empty: give --resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_recipe_chooses_whether_the_heap_keeps_freed_memory(files, tmp_path, monkeypatch, keep):
+    calls = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append(1) or 1 << 30)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("in use")
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", files), [f"keep_freed_memory={str(keep).lower()}"])
+    with pytest.raises(ValueError, match="is not empty"):  # set before the run starts, so before this check
+        train(recipe, tmp_path / "run", progress=False)
+    assert calls == ([1] if keep else [])
+
+
 def test_max_steps_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
     recipe = load_recipe(reference / "recipe.yaml")
     out = tmp_path / "run"

@@ -9,6 +9,8 @@
     vae: null                        # a VAE folder to copy into the exported release folders
     precision: fp32                  # fp32 | bf16-mixed (fp32 masters, bf16 compute) | bf16 (authors': all bf16)
     seed: 4396
+    keep_freed_memory: true          # glibc reuses freed blocks, no page faults per step (utils.memory); resident
+                                     # memory stays near the step's peak
     stages:                          # run in this order; each starts from the previous stage's result
       und_sft:
         kind: und_sft                # und_sft (stage 1) | gen_pt (stage 2) | gen_ft (stage 3)
@@ -222,6 +224,7 @@ class TrainRecipe:
     precision: str = "fp32"
     seed: int = 4396
     tensorboard: bool = True  # TensorBoard scalars in OUTPUT/<stage>/tensorboard/ (needs the tensorboard package)
+    keep_freed_memory: bool = True  # glibc keeps freed blocks for the next step instead of unmapping them
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
     def validate(self) -> TrainRecipe:

@@ -36,6 +36,7 @@ from torch import nn
 from ..config import OWN_CONFIG, UniXConfig, load_config
 from ..model.unix import UniX
 from ..utils.atomic import atomic_folder, write_atomic
+from ..utils.memory import keep_freed_memory
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import build_loader, load_tokenizer_folder
 from .ema import EMA
@@ -398,6 +399,9 @@ def train(recipe: TrainRecipe, output: Path, *, resume: bool = False, max_steps:
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max-steps must be positive, got {max_steps}")
     d = Dist.from_env(device)
+    if recipe.keep_freed_memory and (block := keep_freed_memory()) and d.is_main:
+        log.info("heap: blocks up to %d MiB reused from the heap, not mapped afresh each step (keep_freed_memory)",
+                 block >> 20)
     try:
         return _train(recipe, output, resume, max_steps, d, progress, sampler)
     finally:
