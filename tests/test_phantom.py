@@ -417,8 +417,18 @@ def test_cli_writes_byte_identical_files_for_a_seed(tmp_path, caplog):
     assert all(c[k] != a[k] for k in a if k.endswith(".png"))
 
 
+def test_worker_processes_draw_the_same_bytes(tmp_path, caplog):
+    args = ["data", "phantom", "--n", "64", "--seed", "5", "--size", "64", "--no-progress"]  # 64: the pool's minimum
+    assert main([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len(one) == 64 + 3 and one == two
+    assert "failed to start" not in caplog.text  # the two workers drew them
+
+
 @pytest.mark.parametrize("argv", [
     ["--n", "2", "--size", "100"], ["--n", "0", "--size", "64"], ["--n", "2", "--seed", "-3", "--size", "64"],
+    ["--n", "2", "--size", "64", "--workers", "0"],
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv):
     assert main(["data", "phantom", *argv, "--out", str(tmp_path / "o")]) == 2

@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
+import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,8 @@ from ...chexpert import CHEXPERT_LABELS
 from .render import render
 from .report import labels, report
 from .spec import PhantomSpec, check_size, sample_spec
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------- data set
 
@@ -37,12 +44,46 @@ def save_png(image: np.ndarray, path: str | Path) -> None:
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(path, format="PNG", compress_level=6)
 
 
-def write_dataset(out: str | Path, n: int, seed: int, size: int, progress: bool = False) -> dict[str, Any]:
+def _draw(job: tuple[PhantomSpec, Path]) -> None:
+    spec, path = job
+    save_png(render(spec), path)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _drawn(cases: list[tuple[str, PhantomSpec, str]], images: Path, workers: int) -> Iterator[None]:
+    """Draw every case's PNG, yielding once per case in order; `workers` processes where it pays. Each image is a
+    function of its spec alone, so the files are the same bytes whatever the number of workers. Where worker
+    processes cannot start (a parent whose main module cannot be imported again), the rest is drawn here."""
+    jobs = [(spec, images / f"{cid}.png") for cid, spec, _ in cases]
+    done = 0
+    if workers > 1 and len(jobs) >= 64:
+        try:  # spawn, not fork: the parent may hold threads (torch's)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for _ in pool.map(_draw, jobs, chunksize=16):
+                    done += 1
+                    yield
+            return
+        except BrokenProcessPool:
+            log.warning("phantoms: worker processes failed to start; drawing the remaining %d in this process",
+                        len(jobs) - done)
+    for job in jobs[done:]:
+        yield _draw(job)
+
+
+def write_dataset(out: str | Path, n: int, seed: int, size: int, progress: bool = False,
+                  workers: int | None = None) -> dict[str, Any]:
     """Write ``n`` phantoms under ``out``: ``images/<id>.png``, ``labels.jsonl`` (``{"id", "labels"}``),
     ``reports.jsonl`` (``{"id", "report"}``) and ``specs.jsonl`` (``{"id", "spec"}``: side, zone, severity of
-    each finding). Returns a summary: case counts, findings per kind, positives per CheXpert label."""
+    each finding), the images drawn by ``workers`` processes (default: one per usable CPU; the files do not depend
+    on it). Returns a summary: case counts, findings per kind, positives per CheXpert label."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     check_size(size)
@@ -54,16 +95,16 @@ def write_dataset(out: str | Path, n: int, seed: int, size: int, progress: bool 
     kinds: Counter[str] = Counter()
     positives: Counter[str] = Counter()
     normal = 0
-    cases = generate(n, seed, size)
+    cases = list(generate(n, seed, size))
+    drawn = zip(cases, _drawn(cases, images, workers or usable_cpus()), strict=True)
     if progress:
         from tqdm import tqdm
 
-        cases = tqdm(cases, total=n, desc="phantoms", unit="img", disable=None)  # no bar when not a terminal
+        drawn = tqdm(drawn, total=n, desc="phantoms", unit="img", disable=None)  # no bar when not a terminal
     with open(out / "labels.jsonl", "w", encoding="utf-8", newline="\n") as fl, \
             open(out / "reports.jsonl", "w", encoding="utf-8", newline="\n") as fr, \
             open(out / "specs.jsonl", "w", encoding="utf-8", newline="\n") as fs:
-        for cid, spec, text in cases:
-            save_png(render(spec), images / f"{cid}.png")
+        for (cid, spec, text), _ in drawn:
             lab = labels(spec)
             fl.write(json.dumps({"id": cid, "labels": lab}) + "\n")
             fr.write(json.dumps({"id": cid, "report": text}) + "\n")
