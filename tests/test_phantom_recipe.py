@@ -168,6 +168,31 @@ def test_folding_the_latent_statistics_keeps_the_reconstruction():
     torch.testing.assert_close(per_channel.std(1), torch.ones(16), atol=1e-4, rtol=0)
 
 
+def test_the_vae_statistics_read_the_first_statistics_images(tmp_path):
+    """With statistics_images=5 of 12 training phantoms the folded statistics are those of the first five: the
+    exported VAE whitens exactly them (mean 0, std 1 per channel), and not the rest."""
+    from unix_cxr.checkpoint.vae import load_vae
+    from unix_cxr.config import load_config
+    from unix_cxr.train.vae_stage import _to_model, load_pixels
+
+    recipe = load_recipe("phantom-tiny", [*TINY, "stages.vae.vae.statistics_images=5"])
+    recipe.stages = {k: recipe.stages[k] for k in ("data", "vae")}
+    out = tmp_path / "run"
+    train(recipe, out, progress=False)
+    summary = json.loads((out / "vae" / "summary.json").read_text())
+    assert (summary["images"], summary["statistics_images"]) == (12, 5)
+    cfg = load_config("phantom")
+    vae = load_vae(out / "vae" / "final", dtype=torch.float32).eval()
+    pixels = load_pixels(str(out / "data" / "phantoms" / "train" / "images"), None, 64, cfg)
+    with torch.no_grad():
+        means = vae.moments(_to_model(pixels, cfg.vae.in_channels)).chunk(2, dim=1)[0]
+    z = vae.scale_factor * (means - vae.shift_factor)
+    first, rest = (part.transpose(0, 1).flatten(1) for part in (z[:5], z[5:]))
+    torch.testing.assert_close(first.mean(1), torch.zeros(16), atol=1e-3, rtol=0)
+    torch.testing.assert_close(first.std(1), torch.ones(16), atol=1e-3, rtol=0)
+    assert (rest.mean(1).abs() > 1e-2).any()
+
+
 def test_the_tokenizer_is_lossless_and_keeps_the_special_ids(run):
     from unix_cxr.checkpoint.release import load_tokenizer
     from unix_cxr.config import load_config

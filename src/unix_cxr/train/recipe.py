@@ -135,6 +135,7 @@ class VAEStageConfig:
     precision: str = "fp32"  # fp32 | bf16-mixed (fp32 weights, bf16 autocast) | auto (bf16-mixed where the device
     #                          does bf16 in hardware, utils.dtype_policy.native_bf16; fp32 elsewhere)
     normalize: bool = True  # fold the latents' mean and std into the VAE so the config's scale / shift whiten them
+    statistics_images: int = 2048  # the latent statistics and the summary's errors read the first this many images
     cache: dict[str, CacheConfig] = field(default_factory=dict)
 
 
@@ -325,6 +326,8 @@ def _check_vae(v: VAEStageConfig, where: str) -> None:
         raise ValueError(f"{where}.size must be a positive multiple of 16, got {v.size}")
     if v.precision not in VAE_PRECISIONS:
         raise ValueError(f"{where}.precision must be one of {VAE_PRECISIONS}, got {v.precision!r}")
+    if v.statistics_images < 1:
+        raise ValueError(f"{where}.statistics_images must be positive, got {v.statistics_images}")
     if min(v.l1_weight, v.l2_weight, v.edge_weight, v.kl_weight) < 0 or v.l1_weight + v.l2_weight <= 0:
         raise ValueError(f"{where}: the loss weights must be non-negative, with l1_weight + l2_weight > 0")
     for name, c in v.cache.items():
