@@ -80,9 +80,9 @@ NORMAL_REPORT = ("FINDINGS: The heart is normal in size. The lungs are clear. No
 def test_drawn_images_show_the_findings_of_the_report(pipe):
     """The phantom-finding classifier shipped beside the demo model (its accuracy: docs/training.md) reads 16 images
     drawn from the bundled report (cardiomegaly, a large right effusion) and 16 from a normal report. Measured
-    (docs/usage.md): cardiomegaly in 16/16 against 0/16, the effusion in 11/16 against 0/16 -- the 64 px phantom
-    model draws an effusion beside a large heart in about two of three images, so the test asks for a clear
-    majority of cardiomegaly and for each finding far more often than from the normal report."""
+    (docs/usage.md): cardiomegaly and the effusion in 16/16 against 0/16 (the earlier demo model: the effusion in
+    11/16), so the test asks for a clear majority of cardiomegaly and for each finding far more often than from the
+    normal report, which another rounding of the recipe also gives."""
     from unix_cxr.eval.phantom_classifier import FINDING_LABELS, PhantomClassifier
 
     clf = PhantomClassifier.load(ASSETS / "classifier")
