@@ -9,9 +9,11 @@ count in the process's resident memory: after the int8 load of the full report-o
 tensors every step, as a training step does (autocast's bf16 copies of the weights, gradient buffers, logits,
 activations). By default glibc serves each block above its mmap threshold (128 KiB, rising with what the process
 frees, to at most 32 MiB) with a fresh `mmap` and unmaps it when freed, so the next step faults every page of it
-in again, zero-filled by the kernel: a 48 MiB tensor allocated and filled ten times took 12,289 page faults each
-time here (every page), and 819 with the heap kept. `keep_freed_memory` serves blocks up to 1 GiB from the heap
-and never trims it, so freed memory is reused; resident memory then stays near the step's peak between steps.
+in again, zero-filled by the kernel: a 48 MiB tensor allocated and filled again and again took 12,289 page faults
+each time here (every page). `keep_freed_memory` serves blocks up to 1 GiB from the heap and never trims it, so
+freed memory is reused: with it the same loop faults no page once the heap has settled (glibc places the aligned
+blocks side by side for the first few to fourteen allocations before it reuses them; `tests/test_memory.py` warms
+up 20). Resident memory then stays near the step's peak between steps.
 It is what PyTorch's CPU tuning guide gets from jemalloc / tcmalloc through `LD_PRELOAD`, set from inside the
 process. Elsewhere than glibc (musl, macOS, Windows) both do nothing.
 """
