@@ -14,7 +14,7 @@ The heap is set as the trainer sets it (`keep_freed_memory`, utils/memory.py); `
 default, to compare (run the script once with and once without: the setting cannot be undone in a process).
 
 Usage: python benchmarks/bench_train.py [--precisions fp32 bf16-mixed] [--adamw fused for-loop] [--steps 5]
-                                        [--hidden 512 ...] [--system-heap]
+                                        [--compile eager compiled] [--hidden 512 ...] [--system-heap]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from unix_cxr.flow import sample_timesteps
 from unix_cxr.model.unix import UniX
 from unix_cxr.train.objectives import training_forward
 from unix_cxr.train.optimizer import build_adamw
+from unix_cxr.train.parallel import wrap_layers
 from unix_cxr.train.recipe import ADAMW_IMPLEMENTATIONS, OptimConfig
 from unix_cxr.utils.memory import keep_freed_memory
 
@@ -80,10 +81,10 @@ def model_flops(model: UniX, packed, samples, cfg) -> float:
     return 6 * matmul + attention
 
 
-def bench(precision: str, adamw: str, args) -> dict:
+def bench(precision: str, adamw: str, compiled: bool, args) -> dict:
     cfg = config(args)
     torch.manual_seed(0)
-    model = UniX(cfg).train()
+    model = wrap_layers(UniX(cfg).train(), activation_checkpointing=False, compile=compiled)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_adamw(params, OptimConfig(lr=1e-4, betas=(0.9, 0.95), eps=1e-15, implementation=adamw))
     gen = torch.Generator().manual_seed(0)
@@ -101,7 +102,11 @@ def bench(precision: str, adamw: str, args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up (allocations, AdamW state)
+    t0 = time.perf_counter()
+    step()  # warm-up (allocations, AdamW state; the compilation where it applies)
+    if compiled:
+        step()  # the backward graphs are compiled at the first backward, the steps after it run them
+    warmup = time.perf_counter() - t0
     start, times = cpu_sample(), []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -112,7 +117,8 @@ def bench(precision: str, adamw: str, args) -> dict:
     flops = model_flops(model, packed, samples, cfg)
     peak = gemm_peak(torch.bfloat16 if precision == "bf16-mixed" else torch.float32, args.gemm)
     tokens = int(packed.position_ids.numel())
-    return {"precision": precision, "adamw": adamw, "tokens": tokens, "s_per_step": seconds,
+    return {"precision": precision, "adamw": adamw, "compiled": compiled, "warmup_s": warmup, "tokens": tokens,
+            "s_per_step": seconds,
             "tokens_per_s": tokens / seconds, "model_tflops": flops / seconds / 1e12, "peak_tflops": peak / 1e12,
             "mfu": flops / seconds / peak, "busy": busy}
 
@@ -122,6 +128,9 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16-mixed"], choices=["fp32", "bf16-mixed"])
     p.add_argument("--adamw", nargs="+", default=["fused"], choices=ADAMW_IMPLEMENTATIONS,
                    help="optimizer implementations (train/optimizer.py; default: the trainer's, fused)")
+    p.add_argument("--compile", nargs="+", default=["eager"], choices=["eager", "compiled"],
+                   help="compiled: torch.compile of every decoder layer, as the recipe key `compile: true` does "
+                        "(train/parallel.py: wrap_layers); the warm-up steps, compilation included, are left out")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per precision (median)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--hidden", type=int, default=512)
@@ -142,13 +151,14 @@ def main(argv=None) -> int:
     log.info("python benchmarks/bench_train.py %s", " ".join(argv or sys.argv[1:]))
     log.info("CPU %s, %d threads, flags %s, torch %s, heap: %s", platform.processor() or platform.machine(),
              args.threads, " ".join(flags), torch.__version__, heap)
-    rows = [bench(name, adamw, args) for name in args.precisions for adamw in args.adamw]
-    log.info("%-11s %-8s %7s %9s %11s %12s %11s %7s %6s", "precision", "adamw", "tokens", "s/step", "tokens/s",
-             "model TFLOP/s", "peak TFLOP/s", "MFU", "busy")
+    rows = [bench(name, adamw, mode == "compiled", args)
+            for name in args.precisions for adamw in args.adamw for mode in args.compile]
+    log.info("%-11s %-8s %-8s %7s %9s %11s %12s %11s %7s %6s %9s", "precision", "adamw", "layers", "tokens", "s/step",
+             "tokens/s", "model TFLOP/s", "peak TFLOP/s", "MFU", "busy", "warm-up s")
     for r in rows:
-        log.info("%-11s %-8s %7d %9.3f %11.0f %12.4f %11.4f %6.1f%% %5.0f%%", r["precision"], r["adamw"], r["tokens"],
-                 r["s_per_step"], r["tokens_per_s"], r["model_tflops"], r["peak_tflops"], 100 * r["mfu"],
-                 100 * r["busy"])
+        log.info("%-11s %-8s %-8s %7d %9.3f %11.0f %12.4f %11.4f %6.1f%% %5.0f%% %9.1f", r["precision"], r["adamw"],
+                 "compiled" if r["compiled"] else "eager", r["tokens"], r["s_per_step"], r["tokens_per_s"],
+                 r["model_tflops"], r["peak_tflops"], 100 * r["mfu"], 100 * r["busy"], r["warmup_s"])
     return 0
 
 

@@ -109,8 +109,10 @@ class Route:
         """Apply `und` to the und rows and `gen` to the gen rows of every (T, .) input; rows keep their order."""
         if self.only is not None:
             return (und if self.only == "und" else gen)(*xs_TD)
-        y_und = und(*(x[self.und_idx] for x in xs_TD))
-        y_gen = gen(*(x[self.gen_idx] for x in xs_TD))
+        # index_select, not x[idx]: its backward is an index_add, where indexing's is a 4x slower accumulating
+        # index_put (docs/benchmarks.md)
+        y_und = und(*(x.index_select(0, self.und_idx) for x in xs_TD))
+        y_gen = gen(*(x.index_select(0, self.gen_idx) for x in xs_TD))
         out = y_und.new_empty(xs_TD[0].shape[0], y_und.shape[-1])
         out.index_copy_(0, self.und_idx, y_und)  # in place: the out-of-place index_copy copies `out` twice more
         return out.index_copy_(0, self.gen_idx, y_gen)

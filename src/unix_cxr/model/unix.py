@@ -128,9 +128,9 @@ class UniX(nn.Module):
         hidden_states = [] if keep_hidden_states else None
         hidden = self.decoder(seq[None], inputs.position_ids.to(device)[None], gen_mask[None], inputs.layout,
                               hidden_states)[0]
-        logits = self.logits(hidden[inputs.logit_rows.to(device)])
+        logits = self.logits(hidden.index_select(0, inputs.logit_rows.to(device)))  # see Route.map
         velocity_rows = inputs.velocity_rows.to(device)
-        velocity = self.velocity(hidden[velocity_rows]) if velocity_rows.numel() else \
+        velocity = self.velocity(hidden.index_select(0, velocity_rows)) if velocity_rows.numel() else \
             hidden.new_zeros(0, self.cfg.vae.z_channels)
         return UniXOutput(hidden, logits, velocity, [h[0] for h in hidden_states] if keep_hidden_states else None)
 
