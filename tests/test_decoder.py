@@ -184,3 +184,40 @@ def test_cpu_float32_cache_for_bf16_weights_matches_a_bf16_cache(tiny_model):
             outs[dtype] = model.decoder(x[:, 4:], torch.tensor([[4]]), None, CacheAttention(cache, True, True))
     assert outs[torch.float32].dtype == torch.bfloat16
     torch.testing.assert_close(outs[torch.float32], outs[torch.bfloat16], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_packed_attention_equals_each_sample_attended_alone(autocast):
+    """PackedStep casts the whole sequence once to autocast's dtype and splits it by sample: outputs and gradients
+    equal slicing each sample out and attending it alone (SDPA casting it under autocast), to the bit."""
+    from unix_cxr.model.attention import PackedStep
+
+    layout = PackedLayout.from_splits([([4, 3], ["full", "causal"]), ([2, 5], ["causal", "noise"]), ([6], ["causal"])])
+    n = len(layout)
+    q, k, v = (torch.randn(1, 4, n, 8, requires_grad=True) for _ in range(3))
+    grad = torch.randn(1, n, 32)
+
+    def run(attend):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = attend(q, k, v)
+        out.float().backward(grad)
+        grads = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+        return out, grads
+
+    def alone(q, k, v):
+        outs = []
+        for s, e in layout.sample_bounds():
+            idx = torch.arange(s, e)
+            mask = layout.allowed(idx[:, None], idx[None, :])
+            outs.append(torch.nn.functional.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
+                                                                         attn_mask=mask))
+        return torch.cat(outs, dim=2).transpose(1, 2).reshape(1, n, -1)
+
+    out, grads = run(lambda q, k, v: PackedStep.prepare(layout, "sdpa", q.device).attend(0, q, k, v))
+    ref, ref_grads = run(alone)
+    assert out.dtype == (torch.bfloat16 if autocast else torch.float32) == ref.dtype
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert torch.equal(g, r)
