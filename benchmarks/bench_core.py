@@ -6,8 +6,10 @@
   (ii)  image sampling: our ImageGenerator.sample against a naive loop (in this file) that recomputes the
         text context at every Euler step (no cache) and runs the conditional and unconditional branches as
         two separate forwards; same noise, steps and CFG settings; the latents are compared;
-  (iii) the `unix-full` preset with random bf16 weights: peak RSS, seconds per decoded token (report-only
-        and full model), seconds per denoising step (full model), and the memory-bandwidth bound of decoding;
+  (iii) the `unix-full` preset with random weights in the dtype the one policy picks for bf16-stored weights on
+        this CPU (`--full-dtype auto`: bf16 with native bf16 arithmetic, fp32 on an AVX2 CPU): peak RSS,
+        seconds per decoded token (report-only and full model), seconds per denoising step (full model), and
+        the memory-bandwidth bound of decoding;
   kern  the CPU kernels behind (iii) at full-size shapes: GEMM GFLOP/s in fp32 and bf16, decode attention.
 
 Usage: python benchmarks/bench_core.py [--quick] [--skip-full] [--json out.json]; see --help for sizes.
@@ -46,6 +48,7 @@ from unix_cxr.model.decoder import RMSNorm
 from unix_cxr.model.embeddings import latent_position_ids
 from unix_cxr.model.masks import PackedLayout, split_position_ids
 from unix_cxr.model.unix import UniX
+from unix_cxr.utils.dtype_policy import choose_dtype
 
 log = logging.getLogger("bench_core")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -639,7 +642,16 @@ def bench_kernels(args) -> None:
                f"{1e3 * r.median * cfg.num_layers:.1f} ms per token), median of 20", r.other_cpu)
 
 
+def resolve_full_dtype(args) -> None:
+    """`--full-dtype auto`: the policy's dtype for weights stored in bf16 (as the released ones), named."""
+    if args.full_dtype == "auto":
+        choice = choose_dtype("auto", "cpu", stored=torch.bfloat16)
+        args.full_dtype = next(name for name, d in DTYPES.items() if d == choice.dtype)
+        log.info("--full-dtype auto: %s", choice.describe())
+
+
 def bench_full(args) -> None:
+    resolve_full_dtype(args)
     dtype = DTYPES[args.full_dtype]
     cfg = quick_config() if args.quick else load_config("unix-full")
     bw = measure_bandwidth(args)
@@ -675,8 +687,9 @@ def bench_full(args) -> None:
 
 
 def bench_int8(args) -> None:
-    """Full-size report-only decoding in bf16 and with int8 weights (`benchmarks/bench_int8.py`: each mode loads a
-    release folder in a fresh process) as shares of the bandwidth bound of each, and the int8 job's peak memory."""
+    """Full-size report-only decoding with the dense weights (bf16-stored, loaded with `--dtype auto`) and with int8
+    weights (`benchmarks/bench_int8.py`: each mode loads a release folder in a fresh process) as shares of the
+    bandwidth bound of each, and the int8 job's peak memory."""
     import bench_int8
 
     bw = measure_bandwidth(args)
@@ -684,11 +697,11 @@ def bench_int8(args) -> None:
     record("int8", "memory bandwidth (best streaming read)", best, "GB/s", f"{args.bw_gb:g} GB buffer")
     rows = bench_int8.run_modes(argparse.Namespace(
         release=None, quick=args.quick, threads=args.threads, new_tokens=args.full_new_tokens,
-        repeats=args.full_repeats, prompt_len=32))
+        repeats=args.full_repeats, prompt_len=32, modes=["dense", "int8"], dtype="auto", compile=False))
     for mode, r in rows.items():
         bound = r["bytes"] / (best * 1e9)
         record("int8", f"s/decoded token {mode}", r["s_tok"], "s", f"{r['context']} context tokens, "
-               f"{r['bytes'] / 1e9:.3f} GB of weights per token")
+               f"{r['bytes'] / 1e9:.3f} GB of weights per token, {r['dtype']} (--dtype auto)")
         record("int8", f"share of the bandwidth bound {mode}", bound / r["s_tok"], "",
                f"bound {bound:.4f} s; targets: int8 >= 0.70, the storage dtype >= 0.85")
         record("int8", f"peak RSS {mode} job", r["peak"] / 1e9, "GB",
@@ -729,7 +742,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample-timesteps", type=int, default=10, help="time-grid points (steps + 1) for (ii)")
     g.add_argument("--sample-dtypes", choices=sorted(DTYPES), nargs="+", default=["fp32"])
     g = p.add_argument_group("(iii) unix-full preset")
-    g.add_argument("--full-dtype", choices=sorted(DTYPES), default="bf16")
+    g.add_argument("--full-dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                   help="weights and compute of (iii); auto: the one policy for bf16-stored weights on this CPU")
     g.add_argument("--full-prompt-len", type=int, default=16)
     g.add_argument("--full-new-tokens", type=int, default=8)
     g.add_argument("--full-repeats", type=int, default=3)

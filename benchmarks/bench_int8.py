@@ -1,4 +1,4 @@
-"""Full-size report decoding with weight-only int8 and int4 (`--quantize int8|int4`) against the storage dtype, as
+"""Full-size report decoding with weight-only int8 and int4 (`--quantize int8|int4`) against the dense weights, as
 ratios to the memory-bandwidth bound measured in the same run, and the peak memory of the whole job (a script
 that prints figures, not a test).
 
@@ -11,11 +11,15 @@ scales) / the streaming read bandwidth measured first. Peak = the process's VmHW
 runtime and torch included), after loading and at the end. `--kernels` adds the int8 kernel's read speed at
 the model's weight shapes, plain and with paired rows (`Int8Linear` pairs weights of <= 4,096 columns).
 
-`--modes` picks the modes (default bf16 int8 int4). `--compile` decodes with the compiled step
-(`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
+`--modes` picks the modes (default dense int8 int4: the weights as loaded, int8, int4). `--dtype` is what every
+mode loads with, as `unix-cxr report --dtype` (default auto: the one policy, `unix_cxr.utils.dtype_policy`, which
+keeps the stored bf16 on a CPU with native bf16 and computes in fp32 on an AVX2 CPU); the table names the dtype
+each mode ran in. `--compile` decodes with the compiled step (`ReportGenerator(compile=True)`; compiled in the
+untimed warm-up).
 
 Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--kernels]
-                                       [--release DIR] [--quick] [--compile] [--modes bf16 int8 int4]
+                                       [--release DIR] [--quick] [--compile] [--modes dense int8 int4]
+                                       [--dtype auto|bfloat16|float32]
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from unix_cxr.config import load_config
 from unix_cxr.infer.quantize import Int8Embedding, quantize_decoding
 from unix_cxr.infer.report import ReportGenerator
 
-MODES = ("bf16", "int8", "int4")
+MODES = ("dense", "int8", "int4")
+DTYPE_CHOICES = ("auto", "bfloat16", "float32")
 
 
 def tensor_bytes(module: nn.Module) -> int:
@@ -101,17 +106,19 @@ def write_random_release(cfg, folder: Path) -> None:
 
 def child(args) -> None:
     """One mode in this fresh process: load, prefill, decode; one JSON line of figures."""
-    from unix_cxr.checkpoint.release import load_release
+    from unix_cxr.checkpoint.release import load_release, release_dtype
 
     meter = PeakRSS()  # VmHWM from here: the runtime and torch already imported, nothing loaded
     base = meter.peak()
-    prepare = None if args.child == "bf16" else functools.partial(quantize_decoding, mode=args.child)
-    load_s, _, release = timed_once(functools.partial(load_release, args.release, dtype=torch.bfloat16,
+    prepare = None if args.child == "dense" else functools.partial(quantize_decoding, mode=args.child)
+    dtype = release_dtype(args.release, args.dtype, "cpu")
+    load_s, _, release = timed_once(functools.partial(load_release, args.release, dtype=dtype,
                                                       with_generation=False, prepare=prepare))
     model = release.model
     after_load = meter.peak()
     s_tok, prefill_s, context = decode_seconds(model, args)
-    print("RESULT " + json.dumps({"bytes": decode_bytes(model), "s_tok": s_tok, "prefill_s": prefill_s,
+    print("RESULT " + json.dumps({"dtype": str(model.dtype).removeprefix("torch."), "bytes": decode_bytes(model),
+                                  "s_tok": s_tok, "prefill_s": prefill_s,
                                   "context": context, "load_s": load_s, "base": base, "after_load": after_load,
                                   "peak": meter.peak()}), flush=True)
 
@@ -141,9 +148,8 @@ def kernel_speeds() -> list[tuple[str, float, float]]:
 
 
 def run_modes(args) -> dict[str, dict]:
-    """Figures of each mode of `args.modes` ("bf16", "int8", "int4"), each measured in a fresh process on
-    `args.release` (or on a random
-    release folder written for the run and removed afterwards)."""
+    """Figures of each mode of `args.modes` ("dense", "int8", "int4"), each loaded with `args.dtype` in a fresh
+    process from `args.release` (or from a random release folder written for the run and removed afterwards)."""
     with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
         release = args.release
         if release is None:
@@ -153,7 +159,7 @@ def run_modes(args) -> dict[str, dict]:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
                    str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-                   "--prompt-len", str(args.prompt_len)] + ["--compile"] * args.compile
+                   "--prompt-len", str(args.prompt_len), "--dtype", args.dtype] + ["--compile"] * args.compile
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[mode] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return rows
@@ -172,6 +178,7 @@ def main(argv=None) -> None:
     p.add_argument("--kernels", action="store_true", help="also the int8 kernel's read speed, plain and paired")
     p.add_argument("--quick", action="store_true", help="a tiny config (checks the script, not the machine)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="weights to measure")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="the dtype every mode loads with")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s", force=True)
@@ -186,16 +193,16 @@ def main(argv=None) -> None:
     context = next(iter(rows.values()))["context"]
     print(f"\nreport-only, batch 1, {context} context tokens, {args.new_tokens} new tokens, median of {args.repeats}; "
           "each mode in a fresh process")
-    print(f"{'weights':8} {'GB/token':>9} {'s/token':>8} {'bound s':>8} {'of bound':>9} {'prefill s':>10} "
-          f"{'load s':>7} {'peak GB: runtime':>17} {'loaded':>7} {'job':>6}")
+    print(f"{'weights':8} {'dtype':>8} {'GB/token':>9} {'s/token':>8} {'bound s':>8} {'of bound':>9} "
+          f"{'prefill s':>10} {'load s':>7} {'peak GB: runtime':>17} {'loaded':>7} {'job':>6}")
     for mode, r in rows.items():
         bound = r["bytes"] / (read_gbs * 1e9)
-        print(f"{mode:8} {r['bytes'] / 1e9:9.3f} {r['s_tok']:8.3f} {bound:8.3f} {100 * bound / r['s_tok']:8.1f}% "
-              f"{r['prefill_s']:10.2f} {r['load_s']:7.2f} {r['base'] / 1e9:17.2f} {r['after_load'] / 1e9:7.2f} "
-              f"{r['peak'] / 1e9:6.2f}")
-    for mode in [m for m in rows if m != "bf16" and "bf16" in rows]:
-        print(f"{mode} / bf16 decode speed: {rows['bf16']['s_tok'] / rows[mode]['s_tok']:.2f}x; bytes per token "
-              f"{rows[mode]['bytes'] / rows['bf16']['bytes']:.2f}x")
+        print(f"{mode:8} {r['dtype']:>8} {r['bytes'] / 1e9:9.3f} {r['s_tok']:8.3f} {bound:8.3f} "
+              f"{100 * bound / r['s_tok']:8.1f}% {r['prefill_s']:10.2f} {r['load_s']:7.2f} "
+              f"{r['base'] / 1e9:17.2f} {r['after_load'] / 1e9:7.2f} {r['peak'] / 1e9:6.2f}")
+    for mode in [m for m in rows if m != "dense" and "dense" in rows]:
+        print(f"{mode} / dense decode speed: {rows['dense']['s_tok'] / rows[mode]['s_tok']:.2f}x; bytes per token "
+              f"{rows[mode]['bytes'] / rows['dense']['bytes']:.2f}x")
     if args.kernels:
         print("\nint8 kernel at 1 row, weights read from DRAM: GB/s plain, paired rows")
         for shape, plain, paired in kernel_speeds():
