@@ -10,7 +10,8 @@
         this CPU (`--full-dtype auto`: bf16 with native bf16 arithmetic, fp32 on an AVX2 CPU): peak RSS,
         seconds per decoded token (report-only and full model), seconds per denoising step (full model), and
         the memory-bandwidth bound of decoding;
-  kern  the CPU kernels behind (iii) at full-size shapes: GEMM GFLOP/s in fp32 and bf16, decode attention.
+  kern  the CPU kernels behind (iii) at full-size shapes: GEMM GFLOP/s in fp32 and bf16, decode attention, and
+        the weight-read speed of one-row products in fp32, bf16, bf16 upcast by a compiled reduction, int8.
 
 Usage: python benchmarks/bench_core.py [--quick] [--skip-full] [--json out.json]; see --help for sizes.
 Every figure is printed in one table at the end, each with what was measured.
@@ -640,6 +641,35 @@ def bench_kernels(args) -> None:
         record("kern", f"decode attention per layer {name}", 1e3 * r.median, "ms",
                f"SDPA of 1 query, {cfg.num_heads} heads x {head_dim}, {context} keys (x {cfg.num_layers} layers = "
                f"{1e3 * r.median * cfg.num_layers:.1f} ms per token), median of 20", r.other_cpu)
+    one_row_kernels(args, cfg)
+
+
+def one_row_kernels(args, cfg: DecoderConfig) -> None:
+    """The weight-read speed of one-row products (a decoding step's) at the MLP's shape, weights cycled through
+    ~0.8 GB so that they come from DRAM: fp32 and bf16 `mv`, bf16 weights upcast to fp32 inside a compiled
+    reduction (inductor fuses the cast into its read), and the int8 kernel with bf16 and fp32 activations. GB/s of
+    the weights' own bytes, and the parameters read per second (what sets the time of a token)."""
+    n, k = cfg.intermediate_size, cfg.hidden_size
+    count = max(2, int((0.05e9 if args.quick else 0.8e9) // (2 * n * k)))
+    bf16 = [torch.randn(n, k).to(torch.bfloat16) for _ in range(count)]
+    x = torch.randn(k)
+    fused = torch.compile(lambda w, row: (w.float() * row).sum(-1))
+    cases = {
+        "fp32 mv": ([w.float() for w in bf16], lambda w: torch.mv(w, x)),
+        "bf16 mv (row rounded to bf16)": (bf16, lambda w: torch.mv(w, x.bfloat16())),
+        "bf16 weights upcast in a compiled reduction": (bf16, lambda w: fused(w, x)),
+        "int8 kernel, bf16 row": ([w.to(torch.int8) for w in bf16], lambda w: torch.ops.aten._weight_int8pack_mm(
+            x.bfloat16()[None], w, torch.ones(n, dtype=torch.bfloat16))),
+        "int8 kernel, fp32 row": ([w.to(torch.int8) for w in bf16], lambda w: torch.ops.aten._weight_int8pack_mm(
+            x[None], w, torch.ones(n))),
+    }
+    for name, (weights, product) in cases.items():
+        r = timed(lambda weights=weights, product=product: [product(w) for w in weights], 3)
+        size = weights[0].element_size()
+        params = n * k * len(weights) / r.median
+        record("kern", f"one-row product {name}", params * size / 1e9, "GB/s",
+               f"{n} x {k} weights x {len(weights)}, median of 3: {params / 1e9:.2f} G parameters/s", r.other_cpu)
+        del weights
 
 
 def resolve_full_dtype(args) -> None:
