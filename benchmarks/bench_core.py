@@ -652,24 +652,24 @@ def one_row_kernels(args, cfg: DecoderConfig) -> None:
     n, k = cfg.intermediate_size, cfg.hidden_size
     count = max(2, int((0.05e9 if args.quick else 0.8e9) // (2 * n * k)))
     bf16 = [torch.randn(n, k).to(torch.bfloat16) for _ in range(count)]
+    int8 = [w.to(torch.int8) for w in bf16]
     x = torch.randn(k)
+    x16 = x.bfloat16()
+    scale, scale16 = torch.ones(n), torch.ones(n, dtype=torch.bfloat16)
     fused = torch.compile(lambda w, row: (w.float() * row).sum(-1))
+    int8_mm = torch.ops.aten._weight_int8pack_mm
     cases = {
         "fp32 mv": ([w.float() for w in bf16], lambda w: torch.mv(w, x)),
-        "bf16 mv (row rounded to bf16)": (bf16, lambda w: torch.mv(w, x.bfloat16())),
+        "bf16 mv (row rounded to bf16)": (bf16, lambda w: torch.mv(w, x16)),
         "bf16 weights upcast in a compiled reduction": (bf16, lambda w: fused(w, x)),
-        "int8 kernel, bf16 row": ([w.to(torch.int8) for w in bf16], lambda w: torch.ops.aten._weight_int8pack_mm(
-            x.bfloat16()[None], w, torch.ones(n, dtype=torch.bfloat16))),
-        "int8 kernel, fp32 row": ([w.to(torch.int8) for w in bf16], lambda w: torch.ops.aten._weight_int8pack_mm(
-            x[None], w, torch.ones(n))),
+        "int8 kernel, bf16 row": (int8, lambda w: int8_mm(x16[None], w, scale16)),
+        "int8 kernel, fp32 row": (int8, lambda w: int8_mm(x[None], w, scale)),
     }
     for name, (weights, product) in cases.items():
         r = timed(lambda weights=weights, product=product: [product(w) for w in weights], 3)
-        size = weights[0].element_size()
         params = n * k * len(weights) / r.median
-        record("kern", f"one-row product {name}", params * size / 1e9, "GB/s",
+        record("kern", f"one-row product {name}", params * weights[0].element_size() / 1e9, "GB/s",
                f"{n} x {k} weights x {len(weights)}, median of 3: {params / 1e9:.2f} G parameters/s", r.other_cpu)
-        del weights
 
 
 def resolve_full_dtype(args) -> None:

@@ -51,12 +51,12 @@ from bench_core import (
     timed_once,
 )
 
+from unix_cxr.cli.options import DTYPE_CHOICES
 from unix_cxr.config import load_config
 from unix_cxr.infer.quantize import Int8Embedding, quantize_decoding
 from unix_cxr.infer.report import ReportGenerator
 
 MODES = ("dense", "int8", "int4")
-DTYPE_CHOICES = ("auto", "bfloat16", "float32")
 
 
 def tensor_bytes(module: nn.Module) -> int:
