@@ -7,7 +7,8 @@
         text context at every Euler step (no cache) and runs the conditional and unconditional branches as
         two separate forwards; same noise, steps and CFG settings; the latents are compared;
   (iii) the `unix-full` preset with random weights in the dtype the one policy picks for bf16-stored weights on
-        this CPU (`--full-dtype auto`: bf16 with native bf16 arithmetic, fp32 on an AVX2 CPU): peak RSS,
+        this CPU (`--full-dtype auto`: bf16 with native bf16 arithmetic, fp32 on an AVX2 CPU, with the weights
+        held in bf16 and upcast on the fly when fp32 ones would take over half the memory): peak RSS,
         seconds per decoded token (report-only and full model), seconds per denoising step (full model), and
         the memory-bandwidth bound of decoding;
   kern  the CPU kernels behind (iii) at full-size shapes: GEMM GFLOP/s in fp32 and bf16, decode attention, and
@@ -44,7 +45,9 @@ from unix_cxr.checkpoint.hf_export import und_to_qwen3
 from unix_cxr.config import DecoderConfig, SpecialTokens, UniXConfig, VisionConfig, load_config
 from unix_cxr.flow import time_grid
 from unix_cxr.infer.image import ImageGenerator, cfg_combine, in_cfg_interval
+from unix_cxr.infer.quantize import decoding_steps
 from unix_cxr.infer.report import ReportGenerator
+from unix_cxr.infer.upcast import upcast_weights
 from unix_cxr.model.decoder import RMSNorm
 from unix_cxr.model.embeddings import latent_position_ids
 from unix_cxr.model.masks import PackedLayout, split_position_ids
@@ -310,12 +313,15 @@ def randomize_(model: UniX, seed: int = 0, std: float = 0.02) -> UniX:
 
 
 def build_random(cfg: UniXConfig, dtype: torch.dtype, with_generation: bool,
-                 device: str | torch.device = "cpu") -> UniX:
-    """Build on the meta device in `dtype` (no init cost, no float32 copy), then materialise on `device` and fill."""
+                 device: str | torch.device = "cpu", prepare=None) -> UniX:
+    """Build on the meta device in `dtype` (no init cost, no float32 copy), `prepare` it there (e.g.
+    `infer.upcast.upcast_weights`), then materialise on `device` and fill."""
     with default_dtype(dtype), torch.device("meta"):
         model = UniX(cfg, with_generation=with_generation)
-    model.to_empty(device=device)
     model.to(dtype)  # the position tables are float32 parameters
+    if prepare is not None:
+        prepare(model)
+    model.to_empty(device=device)
     return randomize_(model).eval()
 
 
@@ -517,10 +523,11 @@ def measure_bandwidth(args) -> dict[str, tuple[float, float]]:
 def matmul_floor(model: UniX, repeats: int) -> Timing:
     """Seconds of the weight products alone of one decoded token (B = 1): one row through every understanding-
     expert projection and lm_head of `model`, each layer's own forward (so the kernel the model runs: `mv` for one
-    bf16 row, model/linear.py), in decoding order (distinct weights, so nothing stays in cache). What the CPU's
-    matmul kernels need for the weights, with no attention, norms or Python around them."""
+    bf16 row, model/linear.py; under `decoding_steps()`, as in decoding, so upcast layers take their decoding path),
+    in decoding order (distinct weights, so nothing stays in cache). What the CPU's matmul kernels need for the
+    weights, with no attention, norms or Python around them."""
     dec = model.decoder
-    dtype = model.lm_head.weight.dtype
+    dtype = model.dtype
     x = torch.randn(1, dec.cfg.hidden_size).to(dtype)
     x_mid = torch.randn(1, dec.cfg.intermediate_size).to(dtype)
     products = []
@@ -532,8 +539,9 @@ def matmul_floor(model: UniX, repeats: int) -> Timing:
 
     @torch.inference_mode()
     def run() -> None:
-        for inp, linear in products:
-            linear(inp)
+        with decoding_steps():
+            for inp, linear in products:
+                linear(inp)
 
     return timed(run, repeats)
 
@@ -552,13 +560,14 @@ def decode_bytes(model: UniX) -> tuple[int, dict[str, int]]:
 
 
 def full_decode(args, cfg: UniXConfig, dtype: torch.dtype, with_generation: bool, label: str):
-    """Build the full preset, run the report path once with a real image (prefill timed once), then time
-    decoding of `full_new_tokens` tokens from the same prefilled state (median of repeats, cache rewound)."""
+    """Build the full preset (`--full-dtype upcast`: its large weights held in bf16), run the report path once with
+    a real image (prefill timed once), then time decoding of `full_new_tokens` tokens from the same prefilled state
+    (median of repeats, cache rewound)."""
     meter = PeakRSS()
     t0 = time.perf_counter()
-    model = build_random(cfg, dtype, with_generation)
+    model = build_random(cfg, dtype, with_generation, prepare=upcast_weights if args.full_dtype == "upcast" else None)
     build_s = time.perf_counter() - t0
-    record("iii", f"build {label}", build_s, "s", f"meta build + to_empty + random fill, {dtype}, "
+    record("iii", f"build {label}", build_s, "s", f"meta build + to_empty + random fill, {args.full_dtype}, "
            f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B params, {param_bytes(model) / 1e9:.2f} GB")
     gen = ReportGenerator(model)
     decoder_only = no_stop(gen)
@@ -672,31 +681,35 @@ def one_row_kernels(args, cfg: DecoderConfig) -> None:
                f"{n} x {k} weights x {len(weights)}, median of 3: {params / 1e9:.2f} G parameters/s", r.other_cpu)
 
 
-def resolve_full_dtype(args) -> None:
-    """`--full-dtype auto`: the policy's dtype for weights stored in bf16 (as the released ones), named."""
+def resolve_full_dtype(args, cfg: UniXConfig) -> torch.dtype:
+    """`--full-dtype auto`: the policy's choice for `cfg`'s weights stored in bf16 (as the released ones), named
+    ("upcast": float32 compute, bf16 weights upcast on the fly); the compute dtype."""
     if args.full_dtype == "auto":
-        choice = choose_dtype("auto", "cpu", stored=torch.bfloat16)
-        args.full_dtype = next(name for name, d in DTYPES.items() if d == choice.dtype)
+        with torch.device("meta"):
+            fp32_bytes = 4 * sum(p.numel() for p in UniX(cfg).parameters())
+        choice = choose_dtype("auto", "cpu", stored=torch.bfloat16, fp32_bytes=fp32_bytes)
+        args.full_dtype = "upcast" if choice.weights else next(n for n, d in DTYPES.items() if d == choice.dtype)
         log.info("--full-dtype auto: %s", choice.describe())
+    return DTYPES.get(args.full_dtype, torch.float32)
 
 
 def bench_full(args) -> None:
-    resolve_full_dtype(args)
-    dtype = DTYPES[args.full_dtype]
     cfg = quick_config() if args.quick else load_config("unix-full")
+    dtype = resolve_full_dtype(args, cfg)
+    compute = next(n for n, d in DTYPES.items() if d == dtype)
     bw = measure_bandwidth(args)
     for k, (v, other) in bw.items():
         record("iii", f"memory bandwidth {k}", v, "GB/s",
                f"{args.bw_gb:g} GB buffer, {torch.get_num_threads()} threads, median of 3", other)
     best = max(bw["bf16 sum (read)"][0], bw["fp32 sum (read)"][0])
-    args.peaks = {name: gemm_peak(DTYPES[name]) for name in dict.fromkeys(["fp32", args.full_dtype])}
+    args.peaks = {name: gemm_peak(DTYPES[name]) for name in dict.fromkeys(["fp32", compute])}
     for name, peak in args.peaks.items():
         record("iii", f"GEMM peak {name}", peak / 1e12, "TFLOP/s", "2048 x 2048 x 2048 torch.mm, best of 5")
 
     model, s_tok, context, floor_s = full_decode(args, cfg, dtype, with_generation=False, label="report-only")
     nbytes, parts = decode_bytes(model)
     dec = model.cfg.decoder
-    kv_bytes = 2 * dec.num_layers * dec.num_kv_heads * dec.head_dim * context * DTYPES[args.full_dtype].itemsize
+    kv_bytes = 2 * dec.num_layers * dec.num_kv_heads * dec.head_dim * context * dtype.itemsize
     del model
     gc.collect()
     record("iii", "weight bytes per decoded token", nbytes / 1e9, "GB",
@@ -727,7 +740,8 @@ def bench_int8(args) -> None:
     record("int8", "memory bandwidth (best streaming read)", best, "GB/s", f"{args.bw_gb:g} GB buffer")
     rows = bench_int8.run_modes(argparse.Namespace(
         release=None, quick=args.quick, threads=args.threads, new_tokens=args.full_new_tokens,
-        repeats=args.full_repeats, prompt_len=32, modes=["dense", "int8"], dtype="auto", compile=False))
+        repeats=args.full_repeats, prompt_len=32, modes=["dense", "int8"], dtype="auto", compile=False,
+        upcast=False))
     for mode, r in rows.items():
         bound = r["bytes"] / (best * 1e9)
         record("int8", f"s/decoded token {mode}", r["s_tok"], "s", f"{r['context']} context tokens, "
@@ -772,8 +786,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample-timesteps", type=int, default=10, help="time-grid points (steps + 1) for (ii)")
     g.add_argument("--sample-dtypes", choices=sorted(DTYPES), nargs="+", default=["fp32"])
     g = p.add_argument_group("(iii) unix-full preset")
-    g.add_argument("--full-dtype", choices=["auto", *sorted(DTYPES)], default="auto",
-                   help="weights and compute of (iii); auto: the one policy for bf16-stored weights on this CPU")
+    g.add_argument("--full-dtype", choices=["auto", *sorted(DTYPES), "upcast"], default="auto",
+                   help="weights and compute of (iii); upcast: fp32 compute, the large weights held in bf16 and "
+                        "upcast on the fly; auto: the one policy for bf16-stored weights on this CPU")
     g.add_argument("--full-prompt-len", type=int, default=16)
     g.add_argument("--full-new-tokens", type=int, default=8)
     g.add_argument("--full-repeats", type=int, default=3)

@@ -3,8 +3,8 @@ ratios to the memory-bandwidth bound measured in the same run, and the peak memo
 that prints figures, not a test).
 
 The report-only `unix-full` model with random weights stored in bf16 is written once as a release folder (or
-`--release DIR` is used). Then each mode runs in a fresh process, as a user's job would: `load_release` (int8, int4:
-quantized while loading, `prepare=quantize_decoding`), one prefill of a 384 px image and a prompt, and decoding of
+`--release DIR` is used). Then each mode runs in a fresh process, as a user's job would: `load_for_inference` (the
+one dtype policy; int8, int4: quantized while loading), one prefill of a 384 px image and a prompt, and decoding of
 `--new-tokens` tokens from that state (median of `--repeats`, cache rewound). Bound = weight bytes read per
 decoded token (understanding experts, final norm, one embedding row, lm_head; int8 / int4 weights plus their
 scales) / the streaming read bandwidth measured first. Peak = the process's VmHWM from its start (the Python
@@ -14,12 +14,13 @@ the model's weight shapes, plain and with paired rows (`Int8Linear` pairs weight
 `--modes` picks the modes (default dense int8 int4: the weights as loaded, int8, int4). `--dtype` is what every
 mode loads with, as `unix-cxr report --dtype` (default auto: the one policy, `unix_cxr.utils.dtype_policy`, which
 keeps the stored bf16 on a CPU with native bf16 and computes in fp32 on an AVX2 CPU); the table names the dtype
-each mode ran in. `--compile` decodes with the compiled step (`ReportGenerator(compile=True)`; compiled in the
-untimed warm-up).
+each mode ran in ("float32<-bf16": float32 compute with the float weights held in bf16 and upcast on the fly, what
+the policy picks on an AVX2 CPU under int8 or int4, and what `--upcast` asks for on any CPU). `--compile` decodes
+with the compiled step (`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
 
 Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--kernels]
                                        [--release DIR] [--quick] [--compile] [--modes dense int8 int4]
-                                       [--dtype auto|bfloat16|float32]
+                                       [--dtype auto|bfloat16|float32] [--upcast]
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from bench_core import (
 
 from unix_cxr.cli.options import DTYPE_CHOICES
 from unix_cxr.config import load_config
-from unix_cxr.infer.quantize import Int8Embedding, quantize_decoding
+from unix_cxr.infer.quantize import Int8Embedding
 from unix_cxr.infer.report import ReportGenerator
 
 MODES = ("dense", "int8", "int4")
@@ -106,18 +107,23 @@ def write_random_release(cfg, folder: Path) -> None:
 
 def child(args) -> None:
     """One mode in this fresh process: load, prefill, decode; one JSON line of figures."""
-    from unix_cxr.checkpoint.release import load_release, release_dtype
+    from unix_cxr.infer.loading import load_for_inference
+    from unix_cxr.infer.upcast import UpcastLinear
+    from unix_cxr.utils.dtype_policy import DtypeChoice
 
     meter = PeakRSS()  # VmHWM from here: the runtime and torch already imported, nothing loaded
     base = meter.peak()
-    prepare = None if args.child == "dense" else functools.partial(quantize_decoding, mode=args.child)
-    dtype = release_dtype(args.release, args.dtype, "cpu")
-    load_s, _, release = timed_once(functools.partial(load_release, args.release, dtype=dtype,
-                                                      with_generation=False, prepare=prepare))
+    choice = DtypeChoice(torch.float32, "--upcast", torch.bfloat16) if args.upcast else None
+    load_s, _, release = timed_once(functools.partial(
+        load_for_inference, args.release, args.dtype, "cpu", "none" if args.child == "dense" else args.child,
+        with_generation=False, choice=choice))
     model = release.model
     after_load = meter.peak()
     s_tok, prefill_s, context = decode_seconds(model, args)
-    print("RESULT " + json.dumps({"dtype": str(model.dtype).removeprefix("torch."), "bytes": decode_bytes(model),
+    dtype = str(model.dtype).removeprefix("torch.")
+    if any(isinstance(m, UpcastLinear) for m in model.modules()):
+        dtype += "<-bf16"  # float32 compute, bf16 weights upcast on the fly
+    print("RESULT " + json.dumps({"dtype": dtype, "bytes": decode_bytes(model),
                                   "s_tok": s_tok, "prefill_s": prefill_s,
                                   "context": context, "load_s": load_s, "base": base, "after_load": after_load,
                                   "peak": meter.peak()}), flush=True)
@@ -159,7 +165,8 @@ def run_modes(args) -> dict[str, dict]:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
                    str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-                   "--prompt-len", str(args.prompt_len), "--dtype", args.dtype] + ["--compile"] * args.compile
+                   "--prompt-len", str(args.prompt_len), "--dtype", args.dtype] + ["--compile"] * args.compile \
+                + ["--upcast"] * args.upcast
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[mode] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return rows
@@ -179,6 +186,8 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny config (checks the script, not the machine)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="weights to measure")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="the dtype every mode loads with")
+    p.add_argument("--upcast", action="store_true", help="every mode in float32 with its float weights held in bf16 "
+                                                         "and upcast on the fly, whatever the policy picks here")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s", force=True)

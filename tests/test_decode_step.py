@@ -12,6 +12,7 @@ from conftest import randomize
 from unix_cxr.config import load_config
 from unix_cxr.infer.quantize import int4_available, quantize_decoding
 from unix_cxr.infer.report import ReportGenerator, decode_step
+from unix_cxr.infer.upcast import upcast_weights
 from unix_cxr.model import linear as linear_module
 from unix_cxr.model.decoder import CacheAttention
 from unix_cxr.model.linear import Linear
@@ -164,3 +165,27 @@ def test_compiled_decoding_gives_the_eager_reports_without_recompiling(quantize)
     with torch.compiler.set_stance("fail_on_recompile"):
         again = compiled.generate(images(3, seed=1), more, max_new_tokens=5)
     assert again.token_ids == eager.generate(images(3, seed=1), more, max_new_tokens=5).token_ids
+
+
+@needs_stance
+def test_compiled_upcast_decoding_fuses_the_upcast_and_keeps_the_eager_reports():
+    """bf16-held weights (`infer.upcast`): the compiled step upcasts them inside one fused float32 reduction, the
+    eager step rounds its rows to bf16, so the logits agree to bf16 rounding and the greedy tokens are the same;
+    a batch of three reuses the graph of two, each report that of its prompt alone."""
+    torch._dynamo.reset()
+    model = upcast_weights(randomize(UniX(load_config("tiny"), with_generation=False)).eval())
+    eager, compiled = ReportGenerator(model), ReportGenerator(model, compile=True)
+    prompts = [[5, 6, 7, 8, 9], [11]]
+    blocks = [eager.prompt_block(p) for p in prompts]
+    ref = eager.decode(eager.prefill(images(2), blocks, 8), 8, keep_logits=True)
+    out = compiled.decode(compiled.prefill(images(2), blocks, 8), 8, keep_logits=True)
+    assert out.token_ids == ref.token_ids
+    scale = max(float(s.abs().max()) for s in ref.step_logits)
+    for a, b in zip(out.step_logits, ref.step_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0.02 * scale)
+    more = [[7, 8, 9, 10], [12, 13], [14, 15, 16, 17, 18, 19, 20]]
+    with torch.compiler.set_stance("fail_on_recompile"):
+        three = compiled.generate(images(3, seed=1), more, max_new_tokens=5).token_ids
+        pairs = [compiled.generate(images(3, seed=1)[[i, (i + 1) % 3]], [more[i], more[(i + 1) % 3]],
+                                   max_new_tokens=5).token_ids[0] for i in range(3)]
+    assert three == pairs

@@ -4,12 +4,13 @@ bf16 arithmetic (CPU feature flags, CUDA capability) and the weights' storage dt
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from unix_cxr.checkpoint.safetensors_io import stored_float_dtype
+from unix_cxr.checkpoint.safetensors_io import stored_float_dtype, stored_float_numel
 from unix_cxr.utils import dtype_policy as policy
 from unix_cxr.utils.dtype_policy import choose_dtype
 
@@ -36,6 +37,41 @@ def test_auto_on_a_cpu(cpu_with, flags, machine, stored, expected):
     cpu_with(flags, machine)
     choice = choose_dtype("auto", "cpu", stored)
     assert choice.dtype == expected and choice.reason.startswith("auto")
+
+
+@pytest.mark.parametrize("stored, fp32_gb, available_gb, quantized, weights", [
+    (torch.bfloat16, 14.0, 24.0, False, torch.bfloat16),  # the full model on 24 GB: more than half -> upcast
+    (torch.bfloat16, 14.0, 32.0, False, None),  # room for float32 weights: kept float32 (no per-call upcast)
+    (torch.bfloat16, None, 8.0, False, None),  # size unknown
+    (torch.bfloat16, 14.0, None, False, None),  # memory unknown
+    (torch.bfloat16, 1.0, 64.0, True, torch.bfloat16),  # quantized decoding: the rest in bf16 whatever the room
+    (torch.float32, 14.0, 8.0, True, None),  # float32 storage: nothing to keep in bf16
+])
+def test_auto_on_an_avx2_cpu_upcasts_bf16_weights_when_memory_asks(cpu_with, monkeypatch, stored, fp32_gb,
+                                                                    available_gb, quantized, weights):
+    cpu_with({"avx2", "fma"})
+    monkeypatch.setattr(policy, "available_memory", lambda: None if available_gb is None else int(available_gb * 1e9))
+    choice = choose_dtype("auto", "cpu", stored, fp32_bytes=None if fp32_gb is None else int(fp32_gb * 1e9),
+                          quantized=quantized)
+    assert choice.dtype == torch.float32 and choice.weights == weights
+    assert ("bfloat16 weights upcast on the fly" in choice.describe()) == (weights is not None)
+    cpu_with({"amx_bf16"})  # a native-bf16 CPU computes in the stored bf16 itself
+    assert choose_dtype("auto", "cpu", stored, int(14e9), quantized).weights is None
+    assert choose_dtype("float32", "cpu", stored, int(14e9), quantized).weights is None  # asked for: all float32
+
+
+def test_available_memory_is_read_from_this_machine(monkeypatch, tmp_path):
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():  # Linux: a part of the total
+        total = next(int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
+                     if line.startswith("MemTotal:"))
+        assert 0 < policy.available_memory() <= total
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:       1000 kB\nMemAvailable:    250 kB\n")
+    monkeypatch.setattr(policy, "Path", lambda _: fake)
+    assert policy.available_memory() == 250 * 1024
+    fake.write_text("MemTotal: 1000 kB\n")  # an old kernel without MemAvailable
+    assert policy.available_memory() is None
 
 
 def test_explicit_dtypes_win_and_bad_ones_are_refused(cpu_with):
@@ -68,9 +104,11 @@ def test_stored_float_dtype_reads_the_header(tmp_path):
     save_file({"big": torch.zeros(100, dtype=torch.bfloat16), "small": torch.zeros(3),
                "ids": torch.zeros(500, dtype=torch.int64)}, str(tmp_path / "w.safetensors"))
     assert stored_float_dtype(tmp_path / "w.safetensors") == torch.bfloat16
+    assert stored_float_numel(tmp_path / "w.safetensors") == 103
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     assert stored_float_dtype(tmp_path / "bad.safetensors") is None
     assert stored_float_dtype(tmp_path / "missing.safetensors") is None
+    assert stored_float_numel(tmp_path / "missing.safetensors") is None
 
 
 def test_the_pipeline_logs_its_choice_once(cpu_with, caplog):

@@ -22,9 +22,7 @@ import torch
 from ..config import SpecialTokens, UniXConfig, load_config
 from ..model.unix import UniX
 from ..model.vae import LatentVAE
-from ..utils.dtype_policy import choose_dtype
 from .io import load_authors_weights
-from .safetensors_io import stored_float_dtype
 from .vae import load_vae
 
 log = logging.getLogger(__name__)
@@ -60,14 +58,6 @@ def load_tokenizer(folder: str | Path):
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     finally:
         hf_logging.set_verbosity(level)
-
-
-def release_dtype(folder: str | Path, dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
-    """The dtype a release folder runs in (`dtype` through the one policy, `utils.dtype_policy`, given the storage
-    dtype of its model.safetensors), logged once with its reason."""
-    choice = choose_dtype(dtype, device, stored_float_dtype(Path(folder) / "model.safetensors"))
-    log.info("%s runs in %s", folder, choice.describe())
-    return choice.dtype
 
 
 def load_release(folder: str | Path, dtype: torch.dtype = torch.bfloat16, with_generation: bool = True,

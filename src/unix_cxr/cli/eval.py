@@ -158,11 +158,11 @@ def _cmd_images(args: argparse.Namespace) -> int:
 
 
 def _cmd_cycle(args: argparse.Namespace) -> int:
-    from ..checkpoint.release import load_release, release_dtype
     from ..config import SpecialTokens
     from ..data.imageio import read_image
     from ..data.transforms import as_uint8_grey
     from ..eval import cards, cycle, plots, runner
+    from ..infer.loading import load_for_inference
     from ..infer.pipeline import UniXPipeline
     from ..utils.devices import resolve_device
     from ..utils.provenance import sha256_file, sha256_file_list
@@ -183,8 +183,7 @@ def _cmd_cycle(args: argparse.Namespace) -> int:
         inputs = {"images": {"dir": str(args.images), "n_images": len(paths),
                              "file_list_sha256": sha256_file_list(paths)}}
     tokens = SpecialTokens(*args.special_tokens) if args.special_tokens else None
-    release = load_release(args.release, dtype=release_dtype(args.release, args.dtype, device), device=device,
-                           tokens=tokens)
+    release = load_for_inference(args.release, args.dtype, device, tokens=tokens)
     pipeline = UniXPipeline(
         release.model, release.vae, release.tokenizer, image_size=args.image_size, batch_size=args.batch_size,
         decoding={"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None,

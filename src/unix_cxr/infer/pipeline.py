@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import secrets
@@ -316,8 +315,10 @@ class UniXPipeline:
             device: where the model runs.
             dtype: ``"auto"`` (the one policy, :mod:`unix_cxr.utils.dtype_policy`: bfloat16 on CUDA with bf16
                 arithmetic, and on a CPU with native bf16 when the weights are stored in bfloat16; float32
-                otherwise; the choice and its reason are logged), ``"float32"``, ``"bfloat16"``, ``"float16"`` or a
-                torch dtype.
+                otherwise, with bf16-stored weights kept in bfloat16 and upcast on the fly
+                (:mod:`unix_cxr.infer.upcast`) under ``quantize`` or when float32 weights would take more than half
+                of the available memory; the choice and its reason are logged, :func:`unix_cxr.infer.loading.
+                load_for_inference`), ``"float32"``, ``"bfloat16"``, ``"float16"`` or a torch dtype.
             tokenizer: overrides the folder's tokenizer; required for a preset (it has none).
             special_tokens: ``SpecialTokens`` or ``(bos, eos, boi, eoi)`` ids, for a model with another vocabulary
                 than the released one (the folder's files don't say).
@@ -354,10 +355,9 @@ class UniXPipeline:
             if tokenizer is None:
                 raise ValueError(f"preset {path_or_preset!r} has no tokenizer: pass tokenizer=...")
             return cls(model, vae, tokenizer, **settings)
-        from ..checkpoint.release import load_release, release_dtype
+        from .loading import load_for_inference
 
-        release = load_release(path, dtype=release_dtype(path, dtype, device), device=device, tokens=special_tokens,
-                               prepare=functools.partial(quantize_decoding, mode=quantize))
+        release = load_for_inference(path, dtype, device, quantize, tokens=special_tokens)
         return cls(release.model, release.vae, tokenizer if tokenizer is not None else release.tokenizer, **settings)
 
     @staticmethod

@@ -71,6 +71,20 @@ def decoding_steps() -> Iterator[None]:
         _DECODING.reset(token)
 
 
+def in_decoding_steps() -> bool:
+    """Whether this code runs inside `decoding_steps()` (eager; compiled regions cannot read it)."""
+    return _DECODING.get()
+
+
+def dense_in_blocks(rows: torch.Tensor, weight_rows, n: int, block: int) -> torch.Tensor:
+    """`F.linear(rows, W)` for an (n, K) weight made `block` output channels at a time by `weight_rows(start, end)`
+    (dequantised or upcast to the rows' dtype): the float temporaries of one block, not of the whole weight
+    (lm_head's are 0.84 GB in float32)."""
+    if n <= block:
+        return F.linear(rows, weight_rows(0, n))
+    return torch.cat([F.linear(rows, weight_rows(a, min(a + block, n))) for a in range(0, n, block)], 1)
+
+
 _EXPERT_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
@@ -121,14 +135,6 @@ class Int8Linear(nn.Module):
             out[a:a + 256] = weight[a:a + 256].float().mul_(scale[a:a + 256])
         return out
 
-    def _dense(self, rows: torch.Tensor) -> torch.Tensor:
-        """A dense matmul on the dequantised weight, `dense_block` output channels at a time (the float
-        temporaries of one block, not of the whole weight: lm_head's are 0.84 GB)."""
-        n, block = self.out_features, self.dense_block
-        if n <= block:
-            return F.linear(rows, self.dequantized(rows.dtype))
-        return torch.cat([F.linear(rows, self.dequantized(rows.dtype, a, a + block)) for a in range(0, n, block)], 1)
-
     def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
         """(T, K) rows -> (T, N) in float32 (paired) or bf16, through the int8 kernel."""
         x = rows.to(torch.bfloat16)
@@ -145,8 +151,9 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         # torch.compile cannot read the context variable: every compiled region takes the kernel, and the only
         # region this project compiles around int8 layers is the decoding step (report.compiled_decode_step)
-        decoding = torch.compiler.is_compiling() or _DECODING.get()
-        out = self._kernel(rows).to(x.dtype) if decoding else self._dense(rows)
+        decoding = torch.compiler.is_compiling() or in_decoding_steps()
+        out = self._kernel(rows).to(x.dtype) if decoding else dense_in_blocks(
+            rows, lambda a, b: self.dequantized(rows.dtype, a, b), self.out_features, self.dense_block)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -230,15 +237,14 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if torch.compiler.is_compiling() or _DECODING.get():  # as Int8Linear.forward
+        if torch.compiler.is_compiling() or in_decoding_steps():  # as Int8Linear.forward
             if rows.device.type != "cpu":
                 raise RuntimeError("int4 decoding runs on CPU only (PyTorch's CPU int4 kernel); use --quantize int8")
             out = self._mm(rows.to(torch.bfloat16), self.weight_int4, self.group_size,
                            self.scales_zeros.view(torch.bfloat16)).to(x.dtype)
         else:
-            block = self.dense_block
-            out = torch.cat([F.linear(rows, self.dequantized(rows.dtype, a, min(a + block, self.out_features)))
-                             for a in range(0, self.out_features, block)], 1)
+            out = dense_in_blocks(rows, lambda a, b: self.dequantized(rows.dtype, a, b), self.out_features,
+                                  self.dense_block)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -401,5 +407,5 @@ def quantize_decoding(model: nn.Module, mode: str = "int8") -> nn.Module:
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "decoding_steps", "int4_available",
-           "int4_block_rows", "quantize_decoding"]
+__all__ = ["QUANTIZE_CHOICES", "Int4Linear", "Int8Embedding", "Int8Linear", "decoding_steps", "dense_in_blocks",
+           "in_decoding_steps", "int4_available", "int4_block_rows", "quantize_decoding"]
