@@ -11,8 +11,9 @@
         held in bf16 and upcast on the fly when fp32 ones would take over half the memory): peak RSS,
         seconds per decoded token (report-only and full model), seconds per denoising step (full model), and
         the memory-bandwidth bound of decoding;
-  kern  the CPU kernels behind (iii) at full-size shapes: GEMM GFLOP/s in fp32 and bf16, decode attention, and
-        the weight-read speed of one-row products in fp32, bf16, bf16 upcast by a compiled reduction, int8.
+  kern  the CPU kernels behind (iii) at full-size shapes: GEMM GFLOP/s in fp32 and bf16, decode attention, the
+        weight-read speed of one-row products in fp32, bf16, bf16 upcast by a compiled reduction, int8, and a
+        guided step's products through `UpcastLinear` against fp32 weights.
 
 Usage: python benchmarks/bench_core.py [--quick] [--skip-full] [--json out.json]; see --help for sizes.
 Every figure is printed in one table at the end, each with what was measured.
@@ -47,7 +48,7 @@ from unix_cxr.flow import time_grid
 from unix_cxr.infer.image import ImageGenerator, cfg_combine, in_cfg_interval
 from unix_cxr.infer.quantize import decoding_steps
 from unix_cxr.infer.report import ReportGenerator
-from unix_cxr.infer.upcast import upcast_weights
+from unix_cxr.infer.upcast import UpcastLinear, upcast_weights
 from unix_cxr.model.decoder import RMSNorm
 from unix_cxr.model.embeddings import latent_position_ids
 from unix_cxr.model.masks import PackedLayout, split_position_ids
@@ -651,6 +652,23 @@ def bench_kernels(args) -> None:
                f"SDPA of 1 query, {cfg.num_heads} heads x {head_dim}, {context} keys (x {cfg.num_layers} layers = "
                f"{1e3 * r.median * cfg.num_layers:.1f} ms per token), median of 20", r.other_cpu)
     one_row_kernels(args, cfg)
+    upcast_products(args, cfg, tokens)
+
+
+def upcast_products(args, cfg: DecoderConfig, rows: int) -> None:
+    """A guided step's products (`rows` rows) through `UpcastLinear` (bf16-held weights upcast 512 output rows at a
+    time, then fp32 GEMMs) against `F.linear` on the fp32 weights, at the MLP's shapes: what the upcast mode costs
+    outside decoding steps."""
+    for n, k in ((cfg.intermediate_size, cfg.hidden_size), (cfg.hidden_size, cfg.intermediate_size)):
+        layer = UpcastLinear(nn.Linear(k, n, bias=False))
+        w32 = layer.weight.float()
+        x = torch.randn(rows, k)
+        with torch.inference_mode():
+            plain = timed(functools.partial(F.linear, x, w32), 5)
+            up = timed(functools.partial(layer, x), 5)
+        record("kern", f"upcast product / fp32 product, {rows} x {k} -> {n}", up.median / plain.median, "x",
+               f"UpcastLinear (bf16 weights) {1e3 * up.median:.1f} ms, F.linear on fp32 weights "
+               f"{1e3 * plain.median:.1f} ms, medians of 5", max(up.other_cpu, plain.other_cpu))
 
 
 def one_row_kernels(args, cfg: DecoderConfig) -> None:
@@ -664,12 +682,14 @@ def one_row_kernels(args, cfg: DecoderConfig) -> None:
     int8 = [w.to(torch.int8) for w in bf16]
     x = torch.randn(k)
     x16 = x.bfloat16()
+    pair16 = torch.stack([x16, torch.zeros_like(x16)])
     scale, scale16 = torch.ones(n), torch.ones(n, dtype=torch.bfloat16)
     fused = torch.compile(lambda w, row: (w.float() * row).sum(-1))
     int8_mm = torch.ops.aten._weight_int8pack_mm
     cases = {
         "fp32 mv": ([w.float() for w in bf16], lambda w: torch.mv(w, x)),
         "bf16 mv (row rounded to bf16)": (bf16, lambda w: torch.mv(w, x16)),
+        "bf16 F.linear of the row and a zero row": (bf16, lambda w: F.linear(pair16, w)),
         "bf16 weights upcast in a compiled reduction": (bf16, lambda w: fused(w, x)),
         "int8 kernel, bf16 row": (int8, lambda w: int8_mm(x16[None], w, scale16)),
         "int8 kernel, fp32 row": (int8, lambda w: int8_mm(x[None], w, scale)),

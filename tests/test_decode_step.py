@@ -1,5 +1,5 @@
-"""The decoding step: one-row products as matrix-vector products, a cache read of caller-given columns, and the
-compiled step (`ReportGenerator(compile=True)`) against the eager one.
+"""The decoding step: one-row bf16 products through this machine's batch-invariant kernel, a cache read of
+caller-given columns, and the compiled step (`ReportGenerator(compile=True)`) against the eager one.
 
 Run: pytest tests/test_decode_step.py
 """
@@ -24,32 +24,52 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture
-def mv_calls(monkeypatch) -> list:
+@pytest.fixture(params=sorted(linear_module.ONE_ROW_KERNELS))
+def one_row_calls(request, monkeypatch) -> list:
+    """Each one-row kernel in turn as this machine's choice, its calls recorded."""
     calls = []
-    original = linear_module._mv
+    original = linear_module.ONE_ROW_KERNELS[request.param]
 
     def spy(weight, row, bias):
         calls.append(row.shape)
         return original(weight, row, bias)
 
-    monkeypatch.setattr(linear_module, "_mv", spy)
+    monkeypatch.setitem(linear_module.ONE_ROW_KERNELS, request.param, spy)
+    monkeypatch.setattr(linear_module, "one_row_kernel", lambda: request.param)
     return calls
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_one_bf16_row_is_a_matrix_vector_product_equal_to_f_linear(bias, mv_calls):
+def test_one_bf16_row_takes_the_chosen_kernel_and_the_batched_numbers(bias, one_row_calls):
+    """A row alone gives what it gives inside a batch (batch invariance of decoding), through either kernel;
+    the model's shapes, where MKL's one-row F.linear sums differently."""
     torch.manual_seed(0)
-    layer = Linear(96, 80, bias=bias).to(torch.bfloat16)
-    for shape in [(96,), (1, 96), (1, 1, 96)]:
-        x = torch.randn(shape, dtype=torch.bfloat16)
+    layer = Linear(2048, 5632, bias=bias).to(torch.bfloat16)
+    batch = torch.randn(4, 2048, dtype=torch.bfloat16)
+    batched = F.linear(batch, layer.weight, layer.bias)
+    for shape in [(2048,), (1, 2048), (1, 1, 2048)]:
+        x = batch[2].reshape(shape)
         out = layer(x)
-        assert out.shape == (*shape[:-1], 80)
-        assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
-    assert len(mv_calls) == 3
+        assert out.shape == (*shape[:-1], 5632)
+        assert torch.equal(out.reshape(-1), batched[2])
+    assert len(one_row_calls) == 3
 
 
-def test_other_inputs_keep_f_linear(mv_calls):
+def test_the_kernel_is_measured_once_and_gives_the_batched_numbers(caplog):
+    import logging
+
+    linear_module.one_row_kernel.cache_clear()
+    with caplog.at_level(logging.INFO, logger="unix_cxr"):
+        name = linear_module.one_row_kernel()
+        assert linear_module.one_row_kernel() == name
+    assert name in linear_module.ONE_ROW_KERNELS
+    assert len([r for r in caplog.records if "one-row bf16 products" in r.getMessage()]) == 1
+    w = torch.randn(300, 200).bfloat16()
+    rows = torch.randn(5, 200).bfloat16()
+    assert torch.equal(torch.stack([linear_module.one_row_product(w, r) for r in rows]), F.linear(rows, w))
+
+
+def test_other_inputs_keep_f_linear(one_row_calls):
     torch.manual_seed(0)
     layer = Linear(32, 16).to(torch.bfloat16)
     rows = torch.randn(3, 32, dtype=torch.bfloat16)
@@ -57,9 +77,9 @@ def test_other_inputs_keep_f_linear(mv_calls):
     fp32 = Linear(32, 16)
     row = torch.randn(1, 32)
     assert torch.equal(fp32(row), F.linear(row, fp32.weight, fp32.bias))  # float32: the same speed either way
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts F.linear's operands, not mv's
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts F.linear's operands, not the kernels'
         assert fp32(row).dtype == torch.bfloat16
-    assert mv_calls == []
+    assert one_row_calls == []
 
 
 def test_a_malformed_row_fails_as_f_linear_does():
@@ -69,7 +89,7 @@ def test_a_malformed_row_fails_as_f_linear_does():
 
 
 def test_compiled_one_row_products_keep_their_gradients():
-    """Under torch.compile with gradients (training) one row takes F.linear: the opaque mv has no backward."""
+    """Under torch.compile with gradients (training) one row takes F.linear: the opaque op has no backward."""
     torch.manual_seed(0)
     layer = Linear(8, 4).to(torch.bfloat16)
     x = torch.randn(1, 8, dtype=torch.bfloat16, requires_grad=True)

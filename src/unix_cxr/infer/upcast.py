@@ -9,9 +9,9 @@ each product upcasts what it needs when it runs:
     outside decoding steps (prefill, image steps)  the weight upcast to the activations' dtype `dense_block`
                                                    output channels at a time, then `F.linear` on each block: the
                                                    float32 temporary is one block, the GEMM runs at the fp32 peak
-    decoding steps, eager                          the rows rounded to bf16 and PyTorch's bf16 matrix-vector
-                                                   product (one row) or `F.linear` (several), then float32: the
-                                                   same products as the bf16 model's decoding steps
+    decoding steps, eager                          the rows rounded to bf16 and the bf16 model's one-row
+                                                   product (`model.linear.one_row_product`) or `F.linear`
+                                                   (several rows), then float32: the bf16 model's numbers
     decoding steps, torch.compile                  the upcast inside one fused reduction over the bf16 weights
                                                    (float32 rows, float32 accumulation)
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.linear import Linear
+from ..model.linear import Linear, one_row_product
 from .quantize import dense_in_blocks, in_decoding_steps
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class UpcastLinear(nn.Linear):
             out = (self.weight[None].to(rows.dtype) * rows[:, None]).sum(-1)
         elif in_decoding_steps():
             low = rows.to(self.weight.dtype)
-            one = rows.shape[0] == 1 and rows.is_cpu  # the matrix-vector kernel (model.linear), same numbers
-            out = (torch.mv(self.weight, low[0])[None] if one else F.linear(low, self.weight)).to(rows.dtype)
+            one = rows.shape[0] == 1 and rows.is_cpu  # model.linear's one-row kernel: the batched numbers
+            out = (one_row_product(self.weight, low[0])[None] if one else F.linear(low, self.weight)).to(rows.dtype)
         else:
             out = dense_in_blocks(rows, lambda a, b: self._weight_rows(rows.dtype, a, b), self.out_features,
                                   self.dense_block)
