@@ -49,6 +49,7 @@ from unix_cxr.infer.image import ImageGenerator, cfg_combine, in_cfg_interval
 from unix_cxr.infer.quantize import decoding_steps
 from unix_cxr.infer.report import ReportGenerator
 from unix_cxr.infer.upcast import UpcastLinear, upcast_weights
+from unix_cxr.model.attention import cached_attention
 from unix_cxr.model.decoder import RMSNorm
 from unix_cxr.model.embeddings import latent_position_ids
 from unix_cxr.model.masks import PackedLayout, split_position_ids
@@ -651,6 +652,12 @@ def bench_kernels(args) -> None:
         record("kern", f"decode attention per layer {name}", 1e3 * r.median, "ms",
                f"SDPA of 1 query, {cfg.num_heads} heads x {head_dim}, {context} keys (x {cfg.num_layers} layers = "
                f"{1e3 * r.median * cfg.num_layers:.1f} ms per token), median of 20", r.other_cpu)
+        if dtype == torch.bfloat16:  # what a decoding step runs on a bf16 cache (model/attention.py)
+            mask = torch.ones(1, 1, 1, context, dtype=torch.bool)
+            r = timed(functools.partial(cached_attention, q, k, v, mask, True, "sdpa"), 20)
+            record("kern", "decode attention per layer bf16 cache, fp32 path", 1e3 * r.median, "ms",
+                   f"cached_attention (q, k, v upcast, fp32 softmax), the same shapes (x {cfg.num_layers} layers "
+                   f"= {1e3 * r.median * cfg.num_layers:.1f} ms per token), median of 20", r.other_cpu)
     one_row_kernels(args, cfg)
     upcast_products(args, cfg, tokens)
 

@@ -221,3 +221,26 @@ def test_packed_attention_equals_each_sample_attended_alone(autocast):
     assert torch.equal(out, ref)
     for g, r in zip(grads, ref_grads, strict=True):
         assert torch.equal(g, r)
+
+
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_one_bf16_query_attends_in_float32(kv_heads):
+    """A decoding step on a bf16 cache (model/attention.py): float32 attention of each row's visible keys, grouped
+    query heads reading their key head, rounded once to bf16; SDPA in float32 is the reference."""
+    import torch.nn.functional as F
+
+    from unix_cxr.model.attention import cached_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 8, 1, 16, generator=g).bfloat16()
+    k, v = (torch.randn(3, kv_heads, 40, 16, generator=g).bfloat16() for _ in range(2))
+    mask = torch.ones(3, 1, 1, 40, dtype=torch.bool)
+    mask[1, ..., 25:] = False  # a shorter row of a ragged batch
+    out = cached_attention(q, k, v, mask, True, "sdpa")
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                         enable_gqa=kv_heads != 8)
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 1, 8 * 16)
+    ref = ref.transpose(1, 2).reshape(3, 1, 128)
+    torch.testing.assert_close(out.float(), ref, rtol=2 ** -8, atol=1e-6)  # one bf16 rounding of the fp32 result
+    alone = cached_attention(q[1:2], k[1:2, :, :25], v[1:2, :, :25], mask[1:2, ..., :25], True, "sdpa")
+    torch.testing.assert_close(alone.float(), ref[1:2], rtol=2 ** -8, atol=1e-6)  # the padded keys add nothing

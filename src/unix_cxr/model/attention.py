@@ -7,6 +7,11 @@
 
 Shapes: q (B, H, Lq, d), k / v (B, Hkv, Lk, d) with H a multiple of Hkv (grouped-query attention);
 the result is (B, Lq, H*d). Softmax scale 1/sqrt(d).
+
+A decoding step on CPU with a bf16 KV cache (one query per row, sdpa backend) is attended in float32 instead
+(`_one_query_fp32`: q, k, v upcast, two batched products and a float32 softmax): SDPA's CPU kernel runs one bf16
+query slowly (1.43 against 0.32 ms per layer for 16 heads of 128 and 597 keys on an AMD EPYC with AVX512-BF16,
+`python benchmarks/bench_core.py --only kern`), and float32 scores are the more exact of the two.
 """
 
 from __future__ import annotations
@@ -78,8 +83,21 @@ def _flash_rows(q, k, v, mask, causal: bool):
     return out.reshape(b, lq, h * d)
 
 
+def _one_query_fp32(q, k, v, mask) -> torch.Tensor:
+    """Attention of one query per row in float32, result in q's dtype: q (B, H, 1, d), k / v (B, Hkv, Lk, d),
+    mask (B, 1, 1, Lk); the H / Hkv query heads of a key head attend as one block of rows (no copy of k, v)."""
+    b, h, _, d = q.shape
+    hkv = k.shape[1]
+    rows = q.float().reshape(b, hkv, h // hkv, d)  # query head i reads key head i // (H / Hkv), as enable_gqa
+    scores = torch.matmul(rows, k.float().transpose(-1, -2)) * d ** -0.5  # (B, Hkv, H / Hkv, Lk)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return torch.matmul(weights, v.float()).reshape(b, h, 1, d).to(q.dtype)
+
+
 def cached_attention(q, k, v, mask: torch.Tensor, causal: bool, backend: str) -> torch.Tensor:
     """Attention for inference blocks: `mask` (B, 1, Lq, Lk) from masks.cache_attention_mask."""
+    if backend == "sdpa" and q.shape[2] == 1 and k.dtype == torch.bfloat16 and k.is_cpu:
+        return _merge_heads(_one_query_fp32(q, k, v, mask))
     if backend == "flash":
         return _flash_rows(q, k, v, mask, causal)
     if backend == "flex":
