@@ -10,7 +10,7 @@ the result is (B, Lq, H*d). Softmax scale 1/sqrt(d).
 
 A decoding step on CPU with a bf16 KV cache (one query per row, sdpa backend) is attended in float32 instead
 (`_one_query_fp32`: q, k, v upcast, two batched products and a float32 softmax): SDPA's CPU kernel runs one bf16
-query slowly (1.43 against 0.32 ms per layer for 16 heads of 128 and 597 keys on an AMD EPYC with AVX512-BF16,
+query slowly (1.40 against 0.43 ms per layer for 16 heads of 128 and 597 keys on an AMD EPYC with AVX512-BF16,
 `python benchmarks/bench_core.py --only kern`), and float32 scores are the more exact of the two.
 """
 

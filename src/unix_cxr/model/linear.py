@@ -6,7 +6,8 @@ batch of reports compute): `torch.mv` / `torch.addmv` (a matrix-vector kernel), 
 with a zero row (the matrix-matrix kernel of two rows; `F.linear` of exactly one row takes yet another kernel,
 whose sums differ). Which one reads the weights faster depends on the CPU: on an AMX Xeon mv read 19-24 GB/s
 against 15-20 for `F.linear` (docs/benchmarks.md); on an AMD EPYC with AVX512-BF16 and no AMX the padded product
-reads 2.1x mv (11 against 5 G parameters/s, `python benchmarks/bench_core.py --only kern`). So `one_row_kernel()`
+reads about twice as fast as mv (8.7-10.7 against 4.7-4.9 G parameters/s in two runs of
+`python benchmarks/bench_core.py --only kern`). So `one_row_kernel()`
 measures both once per process, on first use (about 0.2 s: bf16 weights of 2,048 x 2,048 cycled through 96 MB,
 best of 3), keeps those that equal the batched product there, picks the faster and logs it.
 
