@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from unix_cxr.checkpoint.safetensors_io import stored_float_dtype, stored_float_numel
+from unix_cxr.checkpoint.safetensors_io import stored_float_dtype, stored_floats
 from unix_cxr.utils import dtype_policy as policy
 from unix_cxr.utils.dtype_policy import choose_dtype
 
@@ -104,11 +104,11 @@ def test_stored_float_dtype_reads_the_header(tmp_path):
     save_file({"big": torch.zeros(100, dtype=torch.bfloat16), "small": torch.zeros(3),
                "ids": torch.zeros(500, dtype=torch.int64)}, str(tmp_path / "w.safetensors"))
     assert stored_float_dtype(tmp_path / "w.safetensors") == torch.bfloat16
-    assert stored_float_numel(tmp_path / "w.safetensors") == 103
+    assert stored_floats(tmp_path / "w.safetensors") == (torch.bfloat16, 103)
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     assert stored_float_dtype(tmp_path / "bad.safetensors") is None
     assert stored_float_dtype(tmp_path / "missing.safetensors") is None
-    assert stored_float_numel(tmp_path / "missing.safetensors") is None
+    assert stored_floats(tmp_path / "missing.safetensors") == (None, None)
 
 
 def test_the_pipeline_logs_its_choice_once(cpu_with, caplog):

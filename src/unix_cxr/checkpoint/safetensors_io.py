@@ -10,7 +10,7 @@
 * `check_finite(tensors, where)`: the non-finite check itself (one `torch.isfinite(t).all()` per tensor).
 * `open_safetensors(path)`: `safe_open`, with safetensors' own errors turned into a ValueError naming the file.
 * `stored_float_dtype(path)`: the floating dtype that most of a file's tensor bytes are stored in (header only;
-  `FLOAT_DTYPES` names them); `stored_float_numel(path)`: how many floats it holds (header only).
+  `FLOAT_DTYPES` names them); `stored_floats(path)`: that dtype and how many floats the file holds.
 * `write_safetensors_atomic(tensors, path, metadata)`: write beside the target, then rename over it.
 * `state_dict_mismatch(expected, given)`: missing / unexpected keys and shape differences, readably.
 
@@ -45,7 +45,7 @@ __all__ = [
     "refuse_pickle",
     "state_dict_mismatch",
     "stored_float_dtype",
-    "stored_float_numel",
+    "stored_floats",
     "summarise_keys",
     "unreadable_safetensors",
     "write_safetensors_atomic",
@@ -86,9 +86,10 @@ FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat
 """safetensors' names of the floating dtypes."""
 
 
-def _float_numels(path: str | Path) -> dict[torch.dtype, int]:
-    """The element count of the file's floating tensors per dtype, from its header alone (no tensor is read);
-    empty for a file without floating tensors, missing, or that is not safetensors."""
+def stored_floats(path: str | Path) -> tuple[torch.dtype | None, int | None]:
+    """(the floating dtype holding most of the file's tensor bytes, how many floating-point numbers it holds), from
+    its header alone (no tensor is read); (None, None) for a file without floating tensors, missing, or that is not
+    safetensors."""
     import math
 
     numels: dict[torch.dtype, int] = {}
@@ -100,20 +101,15 @@ def _float_numels(path: str | Path) -> dict[torch.dtype, int]:
                 if dtype is not None:
                     numels[dtype] = numels.get(dtype, 0) + math.prod(part.get_shape())
     except (OSError, ValueError):
-        return {}
-    return numels
+        return None, None
+    if not numels:
+        return None, None
+    return max(numels, key=lambda d: numels[d] * d.itemsize), sum(numels.values())
 
 
 def stored_float_dtype(path: str | Path) -> torch.dtype | None:
-    """The floating dtype holding most of the file's tensor bytes, from its header alone (no tensor is read);
-    None for a file without floating tensors, missing, or that is not safetensors."""
-    numels = _float_numels(path)
-    return max(numels, key=lambda d: numels[d] * d.itemsize) if numels else None
-
-
-def stored_float_numel(path: str | Path) -> int | None:
-    """How many floating-point numbers the file holds, from its header alone; None where `stored_float_dtype` is."""
-    return sum(_float_numels(path).values()) or None
+    """The first of `stored_floats(path)`."""
+    return stored_floats(path)[0]
 
 
 def non_finite_count(tensor: torch.Tensor) -> int:

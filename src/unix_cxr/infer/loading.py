@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.release import Release, load_release
-from ..checkpoint.safetensors_io import stored_float_dtype, stored_float_numel
+from ..checkpoint.safetensors_io import stored_floats
 from ..config import SpecialTokens
 from ..utils.dtype_policy import DtypeChoice, choose_dtype
 from .quantize import quantize_decoding
@@ -24,9 +24,8 @@ def release_choice(folder: str | Path, dtype: str | torch.dtype, device: str | t
                    quantize: str = "none") -> DtypeChoice:
     """What a release folder runs in (`dtype` through `utils.dtype_policy`, given the storage dtype and size of its
     model.safetensors, read from the header), logged once with its reason."""
-    weights = Path(folder) / "model.safetensors"
-    numel = stored_float_numel(weights)
-    choice = choose_dtype(dtype, device, stored_float_dtype(weights), fp32_bytes=None if numel is None else 4 * numel,
+    stored, numel = stored_floats(Path(folder) / "model.safetensors")
+    choice = choose_dtype(dtype, device, stored, fp32_bytes=None if numel is None else 4 * numel,
                           quantized=quantize != "none")
     log.info("%s runs in %s", folder, choice.describe())
     return choice

@@ -54,9 +54,6 @@ class UpcastLinear(nn.Linear):
         self.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
         self.register_parameter("bias", linear.bias)
 
-    def _weight_rows(self, dtype: torch.dtype, start: int, end: int) -> torch.Tensor:
-        return self.weight[start:end].to(dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if torch.compiler.is_compiling():  # as Int8Linear.forward: the only compiled region is the decoding step
@@ -66,7 +63,7 @@ class UpcastLinear(nn.Linear):
             one = rows.shape[0] == 1 and rows.is_cpu  # model.linear's one-row kernel: the batched numbers
             out = (one_row_product(self.weight, low[0])[None] if one else F.linear(low, self.weight)).to(rows.dtype)
         else:
-            out = dense_in_blocks(rows, lambda a, b: self._weight_rows(rows.dtype, a, b), self.out_features,
+            out = dense_in_blocks(rows, lambda a, b: self.weight[a:b].to(rows.dtype), self.out_features,
                                   self.dense_block)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
