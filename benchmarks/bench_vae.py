@@ -6,7 +6,9 @@ images, backward of L1 + L2 + edge + KL, AdamW) with the phantom model's VAE (`r
   fp32        fp32 weights and compute (`vae.precision: fp32`);
   bf16-mixed  fp32 weights, bf16 autocast (`vae.precision: bf16-mixed`, what `auto` picks where the CPU has bf16
               in hardware, `utils.dtype_policy.native_bf16`).
-The ratio of the two, measured in the same run, is what `auto` gains or would lose on this CPU.
+The ratio of the two, measured in the same run, is what `auto` gains or would lose on this CPU. Then the same two
+for encoding (posterior moments of batches of 64, no gradient): the stage's passes after training (latent
+statistics, reconstruction errors, the latent caches) run in the precision it trained in.
 
 Usage: python benchmarks/bench_vae.py [--batch 16] [--size 64] [--steps 6]
 """
@@ -55,6 +57,23 @@ def images_per_s(bf16: bool, batch: int, size: int, steps: int) -> tuple[float, 
     return batch / min(times[2:]), other_cpu_share(start, cpu_sample())
 
 
+@torch.no_grad()
+def encoded_per_s(bf16: bool, size: int, steps: int, batch: int = 64) -> tuple[float, float]:
+    """Best-of-`steps` images/s of the VAE's posterior moments after two warm-up batches, and the other processes'
+    CPU share."""
+    torch.manual_seed(0)
+    cfg = load_config("phantom").vae
+    vae = LatentVAE(cfg).eval()
+    x = torch.rand(batch, cfg.in_channels, size, size) * 2 - 1
+    start, times = cpu_sample(), []
+    for _ in range(steps + 2):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            vae.moments(x)
+        times.append(time.perf_counter() - t0)
+    return batch / min(times[2:]), other_cpu_share(start, cpu_sample())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
@@ -72,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         rates[name], busy = images_per_s(bf16, args.batch, args.size, args.steps)
         log.info("%-11s %7.1f images/s (other processes used %.0f%% of the CPU)", name, rates[name], 100 * busy)
     log.info("bf16-mixed / fp32: %.2fx", rates["bf16-mixed"] / rates["fp32"])
+    for name, bf16 in (("fp32", False), ("bf16-mixed", True)):
+        rates[name], busy = encoded_per_s(bf16, args.size, args.steps)
+        log.info("encoding %-11s %7.1f images/s (other processes used %.0f%% of the CPU)", name, rates[name],
+                 100 * busy)
+    log.info("encoding bf16-mixed / fp32: %.2fx", rates["bf16-mixed"] / rates["fp32"])
     return 0
 
 

@@ -21,7 +21,7 @@ from unix_cxr.checkpoint.vision_keys import (
     tower_to_authors,
 )
 from unix_cxr.config import VisionConfig
-from unix_cxr.model.vision import VisionEncoder, normalize_pixels
+from unix_cxr.model.vision import VisionEncoder, normalize_grey, normalize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,18 @@ def test_case2_normalize_pixels(case2) -> None:
     _close("numpy hwc", normalize_pixels(image.numpy()), ours)
     _close("uint8 chw", normalize_pixels(image.permute(2, 0, 1)[None]), ours)
     _close("float01 hwc", normalize_pixels(image.float() / 255), ours)
+
+
+def test_normalize_grey_equals_three_channel_normalisation() -> None:
+    """normalize_grey computes one channel and copies it; the result is normalize_pixels' to the bit."""
+    grey = torch.randint(0, 256, (5, 17, 23), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cfg = VisionConfig(pixel_mean=0.4, pixel_std=0.3)
+    ours = normalize_grey(grey, cfg)
+    assert ours.shape == (5, 3, 17, 23) and ours.is_contiguous()
+    assert torch.equal(ours, normalize_pixels(grey[:, None].expand(-1, 3, -1, -1), cfg))
+    assert torch.equal(normalize_grey(grey[0].numpy(), cfg), normalize_pixels(grey[0].numpy()[None].repeat(3, 0), cfg))
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_grey(grey.float(), cfg)
 
 
 @needs_parity

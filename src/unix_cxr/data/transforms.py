@@ -108,11 +108,11 @@ def siglip_image(image: ImageLike, cfg: VisionConfig | None = None, *, pad: Sigl
 def siglip_transform(image: ImageLike, cfg: VisionConfig | None = None, *, pad: SiglipPad = "white",
                      upscale: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Radiograph -> float32 (3, S, S) SigLIP input, normalised with the CXR mean/std."""
-    from unix_cxr.model.vision import normalize_pixels  # imported here: it pulls in transformers
+    from unix_cxr.model.vision import normalize_grey  # imported here: it pulls in transformers
 
     cfg = cfg or VisionConfig()
     grey = np.asarray(siglip_image(image, cfg, pad=pad, upscale=upscale, max_pixels=max_pixels))
-    return normalize_pixels(np.repeat(grey[None], 3, axis=0), cfg)[0]
+    return normalize_grey(grey, cfg)[0]
 
 
 def vae_size(size: int | None, cfg: UniXConfig | None = None) -> int:

@@ -23,7 +23,7 @@ from unix_cxr.config import VisionConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Connector", "VisionEncoder", "normalize_pixels", "siglip_config"]
+__all__ = ["Connector", "VisionEncoder", "normalize_grey", "normalize_pixels", "siglip_config"]
 
 _CONNECTOR_ACTS = {"gelu": "none", "gelu_pytorch_tanh": "tanh"}  # connector_act -> nn.GELU(approximate=...)
 
@@ -133,6 +133,24 @@ def normalize_pixels(images: torch.Tensor | np.ndarray, cfg: VisionConfig | None
                              f"got range [{x.min().item():.4g}, {x.max().item():.4g}]")
     else:
         raise ValueError(f"normalize_pixels expects uint8 or float images, got {x.dtype}")
+    return _standardize(x, cfg).contiguous()
+
+
+def normalize_grey(grey: torch.Tensor | np.ndarray, cfg: VisionConfig | None = None) -> torch.Tensor:
+    """uint8 grey images (H, W) / (B, H, W) -> float32 (B, 3, H, W), equal bit for bit to `normalize_pixels` of
+    the grey repeated into three channels, computed on one channel and then copied into the other two (the
+    phantom recipe's vision stage spent a sixth of its step normalising three identical channels)."""
+    cfg = cfg or VisionConfig()
+    x = torch.as_tensor(grey)
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() != 3 or x.dtype != torch.uint8:
+        raise ValueError(f"normalize_grey expects uint8 (B,) H, W images, got {x.dtype} of shape {tuple(x.shape)}")
+    return _standardize(x[:, None].to(torch.float32).div(255), cfg).expand(-1, 3, -1, -1).contiguous()
+
+
+def _standardize(x: torch.Tensor, cfg: VisionConfig) -> torch.Tensor:
+    """(x - pixel_mean) / pixel_std of float [0, 1] pixels (one mean and std for every channel)."""
     mean = torch.tensor(cfg.pixel_mean, dtype=torch.float32)
     std = torch.tensor(cfg.pixel_std, dtype=torch.float32)
-    return ((x - mean) / std).contiguous()
+    return (x - mean) / std

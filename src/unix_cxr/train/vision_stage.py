@@ -81,9 +81,9 @@ class TowerProbe(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, grey: torch.Tensor) -> torch.Tensor:
-        from ..model.vision import normalize_pixels
+        from ..model.vision import normalize_grey
 
-        pixels = normalize_pixels(grey[:, None].expand(-1, 3, -1, -1), self.vision.cfg)
+        pixels = normalize_grey(grey, self.vision.cfg)
         return self.head(self.vision.features(pixels.to(self.head.weight.device)).mean(1))
 
 
