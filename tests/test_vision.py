@@ -7,6 +7,7 @@ key-map round trips, input validation, full-size parameter counts (meta device) 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -125,6 +126,11 @@ def test_normalize_grey_equals_three_channel_normalisation() -> None:
     assert ours.shape == (5, 3, 17, 23) and ours.is_contiguous()
     assert torch.equal(ours, normalize_pixels(grey[:, None].expand(-1, 3, -1, -1), cfg))
     assert torch.equal(normalize_grey(grey[0].numpy(), cfg), normalize_pixels(grey[0].numpy()[None].repeat(3, 0), cfg))
+    read_only = grey[1].numpy().copy()
+    read_only.flags.writeable = False  # as np.asarray of a PIL image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on a tensor that shares a read-only array
+        assert torch.equal(normalize_grey(read_only, cfg), ours[1:2])
     with pytest.raises(ValueError, match="uint8"):
         normalize_grey(grey.float(), cfg)
 

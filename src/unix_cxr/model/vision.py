@@ -141,7 +141,7 @@ def normalize_grey(grey: torch.Tensor | np.ndarray, cfg: VisionConfig | None = N
     the grey repeated into three channels, computed on one channel and then copied into the other two (the
     phantom recipe's vision stage spent a sixth of its step normalising three identical channels)."""
     cfg = cfg or VisionConfig()
-    x = torch.as_tensor(grey)
+    x = torch.from_numpy(np.array(grey)) if isinstance(grey, np.ndarray) else grey  # a copy: PIL's are read-only
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() != 3 or x.dtype != torch.uint8:
