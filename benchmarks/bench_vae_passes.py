@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -68,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         run_preparation(recipe, "vae", recipe.stages["vae"], out, Dist.from_env("cpu"), False, args.steps,
                         progress=False)
         total = time.perf_counter() - began
-        shutil.rmtree(out)
     for name in PASSES:
         log.info("%-24s %s s", name.lstrip("_"), " + ".join(f"{s:.1f}" for s in seconds.get(name, [])))
     log.info("%-24s %.1f s", "stage total", total)

@@ -91,10 +91,11 @@ def bf16_autocast(precision: str, device: torch.device) -> bool:
     return precision == "bf16-mixed" or (precision == "auto" and native_bf16(device))
 
 
-def as_trained(bf16: bool, d: Dist):
-    """The precision the stage trained in, for its passes over the images after training (statistics,
-    reconstruction errors, latent caches): under bf16 autocast they encode 2.2x the images per second of fp32 on
-    an AVX512-BF16 EPYC (`python benchmarks/bench_vae.py`), and the latents are the ones the trained VAE gives."""
+def stage_precision(bf16: bool, d: Dist):
+    """The stage's precision (bf16 autocast, or none), for its training steps and for its passes over the images
+    after training (statistics, reconstruction errors, latent caches): under bf16 autocast those encode 2.2x the
+    images per second of fp32 on an AVX512-BF16 EPYC (`python benchmarks/bench_vae.py`), and the latents are the
+    ones the trained VAE gives."""
     return torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
@@ -187,7 +188,7 @@ def train_vae(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: 
         x = _to_model(pixels[idx], cfg.vae.in_channels).to(d.device)
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         eps = torch.randn((len(idx), cfg.vae.z_channels, side, side), generator=gen).to(d.device)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with stage_precision(bf16, d):
             parts = vae_losses(vae, x, eps)
         parts = {k: t.float() for k, t in parts.items()}
         loss = (v.l1_weight * parts["l1"] + v.l2_weight * parts["l2"] + v.edge_weight * parts["edge"]
@@ -201,27 +202,26 @@ def train_vae(recipe: TrainRecipe, name: str, stage: StageConfig, out: Path, d: 
     vae.eval()
     sample = pixels[:v.statistics_images]
     summary = {"steps": steps, "images": len(pixels), "statistics_images": len(sample), "size": v.size}
-    with as_trained(bf16, d):
+    final = out / "final"
+    with stage_precision(bf16, d):
         summary["l1_before_folding"] = _reconstruction_l1(vae, sample)
         if v.normalize:
             mean, std = latent_statistics(vae, sample)
-    if v.normalize:
+    if v.normalize:  # in float64, outside autocast (which would round the folded weights)
         fold_normalization(vae, mean, std)
         summary["raw_latent_mean"], summary["raw_latent_std"] = mean.tolist(), std.tolist()
-    with as_trained(bf16, d):
+    with stage_precision(bf16, d):
         summary["l1"] = _reconstruction_l1(vae, sample)  # in [-1, 1] units; x 127.5 for grey levels
-    final = out / "final"
-    if d.is_main:
-        export_vae(vae, final)
-        with as_trained(bf16, d):
+        if d.is_main:
+            export_vae(vae, final)
             for cname, c in v.cache.items():
                 _cache(vae, c, out / "latents" / cname, v.size, progress)
             after_mean, after_std = _normalised_statistics(vae, sample)
-        summary["normalised_latent_mean"], summary["normalised_latent_std"] = after_mean, after_std
-        summary["seconds"] = round(time.perf_counter() - began, 1)
-        write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-        log.info("stage %s: reconstruction L1 %.4f (%.1f grey levels); normalised latents mean %.3f, std %.3f",
-                 name, summary["l1"], 127.5 * summary["l1"], after_mean, after_std)
+            summary["normalised_latent_mean"], summary["normalised_latent_std"] = after_mean, after_std
+            summary["seconds"] = round(time.perf_counter() - began, 1)
+            write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+            log.info("stage %s: reconstruction L1 %.4f (%.1f grey levels); normalised latents mean %.3f, std %.3f",
+                     name, summary["l1"], 127.5 * summary["l1"], after_mean, after_std)
     d.barrier()
     return PreparationResult(steps, final)
 
