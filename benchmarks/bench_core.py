@@ -22,6 +22,7 @@ Every figure is printed in one table at the end, each with what was measured.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import gc
@@ -46,6 +47,7 @@ from unix_cxr.checkpoint.hf_export import und_to_qwen3
 from unix_cxr.config import DecoderConfig, SpecialTokens, UniXConfig, VisionConfig, load_config
 from unix_cxr.flow import time_grid
 from unix_cxr.infer.image import ImageGenerator, cfg_combine, in_cfg_interval
+from unix_cxr.infer.packed import pack, pack_weights, packed_bytes, packed_product, packing
 from unix_cxr.infer.quantize import decoding_steps
 from unix_cxr.infer.report import ReportGenerator
 from unix_cxr.infer.upcast import UpcastLinear, upcast_weights
@@ -204,12 +206,18 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / min(times)
 
 
+def packed_linear_flops(rows_shape, packed_shape, *args, **kwargs) -> int:
+    """FLOPs of oneDNN's packed linear (`infer.packed`): (M, K) rows x an (N, K) weight."""
+    return 2 * rows_shape[0] * rows_shape[1] * packed_shape[0]
+
+
 def matmul_flops(fn) -> tuple[int, object]:
-    """(FLOPs of the matrix products fn() runs, its result), counted by torch.utils.flop_counter (mm, addmm, bmm;
-    attention kernels on CPU are not counted)."""
+    """(FLOPs of the matrix products fn() runs, its result), counted by torch.utils.flop_counter (mm, addmm, bmm,
+    and oneDNN's packed linear of packed bf16 weights; attention kernels on CPU are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.mkldnn._linear_pointwise: packed_linear_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         out = fn()
     return counter.get_total_flops(), out
 
@@ -328,7 +336,13 @@ def build_random(cfg: UniXConfig, dtype: torch.dtype, with_generation: bool,
 
 
 def param_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + packed_bytes(module)
+
+
+def packed_for_inference(args, model: UniX) -> UniX:
+    """`model` as `load_for_inference` runs it on CPU: bf16 linear layers packed for oneDNN where that pays
+    (`infer.packed`), unless `--no-pack`."""
+    return model if args.no_pack or model.dtype is not torch.bfloat16 else pack_weights(model)
 
 
 def random_pixels(cfg: UniXConfig, batch: int, seed: int = 0) -> torch.Tensor:
@@ -373,7 +387,8 @@ def bench_report(args, base: UniX) -> None:
         dtype = DTYPES[dtype_name]
         model = base.to(dtype)  # in place
         hf = und_to_qwen3(model, share_weights=True)
-        gen = ReportGenerator(model, compile=args.compile)  # the compile happens in the untimed warm-up
+        ours = packed_for_inference(args, copy.deepcopy(model)) if dtype is torch.bfloat16 else model
+        gen = ReportGenerator(ours, compile=args.compile)  # the compile happens in the untimed warm-up
         decoder_only = no_stop(gen)
         for batch in args.batches:
             tag = f"{dtype_name} b{batch}"
@@ -568,9 +583,10 @@ def full_decode(args, cfg: UniXConfig, dtype: torch.dtype, with_generation: bool
     meter = PeakRSS()
     t0 = time.perf_counter()
     model = build_random(cfg, dtype, with_generation, prepare=upcast_weights if args.full_dtype == "upcast" else None)
+    model = packed_for_inference(args, model)
     build_s = time.perf_counter() - t0
-    record("iii", f"build {label}", build_s, "s", f"meta build + to_empty + random fill, {args.full_dtype}, "
-           f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B params, {param_bytes(model) / 1e9:.2f} GB")
+    record("iii", f"build {label}", build_s, "s", f"meta build + to_empty + random fill (+ packing), "
+           f"{args.full_dtype}, {param_bytes(model) / 1e9:.2f} GB of weights")
     gen = ReportGenerator(model)
     decoder_only = no_stop(gen)
     pixels = random_pixels(cfg, 1)
@@ -697,6 +713,7 @@ def one_row_kernels(args, cfg: DecoderConfig) -> None:
         "fp32 mv": ([w.float() for w in bf16], lambda w: torch.mv(w, x)),
         "bf16 mv (row rounded to bf16)": (bf16, lambda w: torch.mv(w, x16)),
         "bf16 F.linear of the row and a zero row": (bf16, lambda w: F.linear(pair16, w)),
+        **packed_case(bf16, x16),
         "bf16 weights upcast in a compiled reduction": (bf16, lambda w: fused(w, x)),
         "int8 kernel, bf16 row": (int8, lambda w: int8_mm(x16[None], w, scale16)),
         "int8 kernel, fp32 row": (int8, lambda w: int8_mm(x[None], w, scale)),
@@ -706,6 +723,18 @@ def one_row_kernels(args, cfg: DecoderConfig) -> None:
         params = n * k * len(weights) / r.median
         record("kern", f"one-row product {name}", params * weights[0].element_size() / 1e9, "GB/s",
                f"{n} x {k} weights x {len(weights)}, median of 3: {params / 1e9:.2f} G parameters/s", r.other_cpu)
+
+
+def packed_case(weights: list[torch.Tensor], row: torch.Tensor) -> dict:
+    """The one-row product of `infer.packed` (weights packed for oneDNN, the row padded as `packing()` chose), as a
+    `one_row_kernels` case; none where this CPU keeps bf16 weights unpacked."""
+    choice = packing()
+    if not choice.used:
+        log.info("no packed one-row case: %s", choice.reason)
+        return {}
+    rows = row[None]
+    return {f"bf16 packed for oneDNN, the row padded to {choice.pad_rows}": (
+        [pack(w) for w in weights], lambda w: packed_product(rows, w, None, choice.pad_rows))}
 
 
 def resolve_full_dtype(args, cfg: UniXConfig) -> torch.dtype:
@@ -768,7 +797,7 @@ def bench_int8(args) -> None:
     rows = bench_int8.run_modes(argparse.Namespace(
         release=None, quick=args.quick, threads=args.threads, new_tokens=args.full_new_tokens,
         repeats=args.full_repeats, prompt_len=32, modes=["dense", "int8"], dtype="auto", compile=False,
-        upcast=False))
+        upcast=False, no_pack=args.no_pack))
     for mode, r in rows.items():
         bound = r["bytes"] / (best * 1e9)
         record("int8", f"s/decoded token {mode}", r["s_tok"], "s", f"{r['context']} context tokens, "
@@ -788,6 +817,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", choices=["i", "ii", "iii", "kern", "int8"], nargs="+",
                    help="run only these sections")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--no-pack", action="store_true",
+                   help="keep bf16 weights unpacked (by default ours runs them as load_for_inference does on CPU: "
+                        "packed for oneDNN where that pays, infer.packed)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median) in (i) and (ii)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--max-wait", type=float, default=0.0,

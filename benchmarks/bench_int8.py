@@ -16,11 +16,12 @@ mode loads with, as `unix-cxr report --dtype` (default auto: the one policy, `un
 keeps the stored bf16 on a CPU with native bf16 and computes in fp32 on an AVX2 CPU); the table names the dtype
 each mode ran in ("float32<-bf16": float32 compute with the float weights held in bf16 and upcast on the fly, what
 the policy picks on an AVX2 CPU under int8 or int4, and what `--upcast` asks for on any CPU). `--compile` decodes
-with the compiled step (`ReportGenerator(compile=True)`; compiled in the untimed warm-up).
+with the compiled step (`ReportGenerator(compile=True)`; compiled in the untimed warm-up). `--no-pack` keeps bf16
+weights unpacked (by default `load_for_inference` packs them for oneDNN where that pays, `unix_cxr.infer.packed`).
 
 Usage: python benchmarks/bench_int8.py [--new-tokens 16] [--repeats 3] [--prompt-len 32] [--bw-gb 2] [--kernels]
                                        [--release DIR] [--quick] [--compile] [--modes dense int8 int4]
-                                       [--dtype auto|bfloat16|float32] [--upcast]
+                                       [--dtype auto|bfloat16|float32] [--upcast] [--no-pack]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from bench_core import (
 
 from unix_cxr.cli.options import DTYPE_CHOICES
 from unix_cxr.config import load_config
+from unix_cxr.infer.packed import packed_bytes
 from unix_cxr.infer.quantize import Int8Embedding
 from unix_cxr.infer.report import ReportGenerator
 
@@ -61,7 +63,7 @@ MODES = ("dense", "int8", "int4")
 
 
 def tensor_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) + packed_bytes(module)
 
 
 def decode_bytes(model) -> int:
@@ -116,7 +118,7 @@ def child(args) -> None:
     choice = DtypeChoice(torch.float32, "--upcast", torch.bfloat16) if args.upcast else None
     load_s, _, release = timed_once(functools.partial(
         load_for_inference, args.release, args.dtype, "cpu", "none" if args.child == "dense" else args.child,
-        with_generation=False, choice=choice))
+        with_generation=False, choice=choice, pack=not args.no_pack))
     model = release.model
     after_load = meter.peak()
     s_tok, prefill_s, context = decode_seconds(model, args)
@@ -166,7 +168,7 @@ def run_modes(args) -> dict[str, dict]:
             cmd = [sys.executable, __file__, "--child", mode, "--release", str(release), "--threads",
                    str(args.threads), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
                    "--prompt-len", str(args.prompt_len), "--dtype", args.dtype] + ["--compile"] * args.compile \
-                + ["--upcast"] * args.upcast
+                + ["--upcast"] * args.upcast + ["--no-pack"] * args.no_pack
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[mode] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     return rows
@@ -188,6 +190,8 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="the dtype every mode loads with")
     p.add_argument("--upcast", action="store_true", help="every mode in float32 with its float weights held in bf16 "
                                                          "and upcast on the fly, whatever the policy picks here")
+    p.add_argument("--no-pack", action="store_true", help="keep bf16 weights unpacked (load_for_inference(pack="
+                   "False); by default bf16 linear layers are packed for oneDNN where that pays, infer.packed)")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s", force=True)

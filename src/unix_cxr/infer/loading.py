@@ -1,6 +1,7 @@
 """Loading a release folder for inference: the one dtype policy's choice for it (logged once), then weight-only
-quantization and the upcast mode applied while the model is still on the meta device, so that each weight takes
-its final form as it is read (`checkpoint.release.load_release(prepare=...)`).
+quantization, the upcast mode and, for a model computed in bf16 on CPU, oneDNN's packed layout where that pays
+(`infer.packed`: the same numbers, faster) applied while the model is still on the meta device, so that each
+weight takes its final form as it is read (`checkpoint.release.load_release(prepare=...)`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ..checkpoint.release import Release, load_release
 from ..checkpoint.safetensors_io import stored_floats
 from ..config import SpecialTokens
 from ..utils.dtype_policy import DtypeChoice, choose_dtype
+from .packed import pack_weights
 from .quantize import quantize_decoding
 from .upcast import upcast_weights
 
@@ -33,16 +35,19 @@ def release_choice(folder: str | Path, dtype: str | torch.dtype, device: str | t
 
 def load_for_inference(folder: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                        quantize: str = "none", with_generation: bool = True, tokens: SpecialTokens | None = None,
-                       choice: DtypeChoice | None = None) -> Release:
+                       choice: DtypeChoice | None = None, pack: bool = True) -> Release:
     """`load_release` in the policy's dtype, with `quantize` ("none", "int8", "int4": `infer.quantize`) and, where
     the policy says so, the large weights kept in bf16 and upcast on the fly (`infer.upcast`). `choice`: one made
-    already, instead of the policy's (benchmarks measure a mode the policy would not pick on their CPU)."""
+    already, instead of the policy's (benchmarks measure a mode the policy would not pick on their CPU). `pack`:
+    pack bf16 linear layers on CPU for oneDNN where this CPU gains from it (`infer.packed.pack_weights`)."""
     choice = choice or release_choice(folder, dtype, device, quantize)
 
     def prepare(model) -> None:
         quantize_decoding(model, quantize)
         if choice.weights is not None:
             upcast_weights(model, choice.weights)
+        if pack and choice.dtype is torch.bfloat16 and torch.device(device).type == "cpu":
+            pack_weights(model)
 
     return load_release(folder, dtype=choice.dtype, with_generation=with_generation, device=device, tokens=tokens,
                         prepare=prepare)

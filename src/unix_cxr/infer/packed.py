@@ -1,0 +1,219 @@
+"""bf16 weights pre-packed for oneDNN on CPU, applied from outside the model at load: the same numbers, read faster.
+
+On CPU a bf16 `F.linear` runs oneDNN's matmul, which first reorders the (N, K) weight into its blocked layout, at
+every call: a decoding step reads each weight and writes a reordered copy of it before the product reads that
+again. PyTorch has the operators that keep the weight in oneDNN's layout instead, the ones inductor's CPU weight
+prepacking (freezing) emits: `torch.ops.mkldnn._reorder_linear_weight` once, then `_linear_pointwise` per call.
+Their results equal `F.linear`'s bit for bit, at every row count measured (1 to 600, with and without a bias), so
+a packed model computes what the unpacked one computes; they just do not reorder. On an AMD EPYC with
+AVX512-BF16 (2 threads, 5,632 x 2,048 weights read from memory) the packed product of one row, padded with zero
+rows to 3 or 4, read 14.5-15 G parameters/s against 9.4-11.6 for the padded `F.linear` that `model.linear`
+picks there (docs/benchmarks.md).
+
+`pack_weights(model)` replaces every plain linear layer of the decoder layers (both experts), of SigLIP's
+encoder layers and `lm_head` (unless tied to the embeddings) by `PackedLinear`, holding only the packed weight.
+`packing()` decides once per process, on first use (about 0.3 s): oneDNN must do bf16 on this CPU, its packed
+product must equal `F.linear` of the same rows (several rows, and one row padded, which must equal that row inside
+a batch: batch invariance), and it must be faster than the one-row kernel `model.linear` picks; the fastest
+padding (1 to 4 rows) is chosen and logged. Anything else keeps the unpacked model, logged once.
+
+For inference only (no gradient reaches a packed weight). `load_for_inference` packs while loading: the layers are
+swapped on the meta device and each packs the checkpoint's tensor as it is read, so the dense weights are never
+held whole. `state_dict()` gives the dense weight back under the same key, and loading a state dict packs it
+again; a packed layer stays on the CPU it was packed on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.linear import Linear, one_row_product
+
+log = logging.getLogger(__name__)
+
+_PLAIN_LINEARS = (nn.Linear, Linear)  # exactly these classes (quantized and upcast layers are not packed)
+_PADS = (1, 2, 3, 4)  # rows a one-row product is padded to (with zero rows), measured by `packing()`
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """An (N, K) bf16 weight in oneDNN's packed layout (an opaque tensor of the same shape)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+
+
+def _packed_product(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+
+def packed_product(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
+                   pad_rows: int = 1) -> torch.Tensor:
+    """(n, K) bf16 rows x a packed (N, K) weight (+ bias) -> (n, N); one row runs padded to `pad_rows` rows with
+    zero rows (`packing()` measures which padding is fastest), under torch.compile as one opaque operator."""
+    n = rows.shape[0]
+    padded = _padded(rows, pad_rows) if n == 1 else rows.contiguous()
+    product = compiled_packed_product if torch.compiler.is_compiling() else _packed_product
+    return product(padded, packed, bias)[:n]
+
+
+@torch.library.custom_op("unix_cxr::packed_linear", mutates_args=())
+def compiled_packed_product(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`_packed_product` as one opaque operator for torch.compile (inductor's own lowering of `_linear_pointwise`
+    does not take the decoding step's dynamic shapes)."""
+    return _packed_product(rows, packed, bias)
+
+
+@compiled_packed_product.register_fake
+def _(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], packed.shape[0])
+
+
+@dataclass(frozen=True)
+class Packing:
+    """What `packing()` decided on this CPU."""
+
+    used: bool
+    pad_rows: int  # a one-row product runs on that many rows (the row, then zero rows)
+    reason: str
+
+
+def _padded(rows: torch.Tensor, pad: int) -> torch.Tensor:
+    return rows if pad == 1 else torch.cat([rows, rows.new_zeros(pad - 1, rows.shape[1])])
+
+
+def _seconds(fn, weights: list) -> float:
+    best = float("inf")
+    for _ in range(4):  # the first pass warms up
+        t0 = time.perf_counter()
+        for w in weights:
+            fn(w)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@functools.cache
+def packing() -> Packing:
+    """Whether bf16 linear layers are packed on this CPU, and the padding of one-row products (module doc)."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return Packing(False, 1, "oneDNN has no bf16 on this CPU")
+    gen = torch.Generator().manual_seed(0)
+    dense = [torch.randn(2048, 2048, generator=gen).bfloat16() for _ in range(12)]  # 96 MB: from memory
+    rows = torch.randn(16, 2048, generator=gen).bfloat16()
+    bias = torch.randn(2048, generator=gen).bfloat16()
+    with torch.inference_mode():
+        packed = [pack(w) for w in dense]
+        for b in (None, bias):
+            for n in (3, 16):
+                if not torch.equal(_packed_product(rows[:n], packed[0], b), F.linear(rows[:n], dense[0], b)):
+                    return Packing(False, 1, f"oneDNN's packed product of {n} rows differs from F.linear here")
+        batched = F.linear(rows, dense[0], bias)
+        pads = [p for p in _PADS
+                if all(torch.equal(_packed_product(_padded(rows[i:i + 1], p), packed[0], bias)[0], batched[i])
+                       for i in range(3))]
+        if not pads:
+            return Packing(False, 1, "no padding of one row gives its batched result in oneDNN's packed product")
+        speed = {p: 2048 * 2048 * len(packed) / _seconds(
+            lambda w, p=p: _packed_product(_padded(rows[:1], p), w, None), packed) / 1e9 for p in pads}
+        unpacked = 2048 * 2048 * len(dense) / _seconds(lambda w: one_row_product(w, rows[0]), dense) / 1e9
+    pad = max(speed, key=speed.__getitem__)
+    figures = (f"G parameters/s of one row measured: unpacked {unpacked:.1f}, packed "
+               + ", ".join(f"{s:.1f} padded to {p}" for p, s in speed.items()))
+    if speed[pad] <= unpacked:
+        return Packing(False, 1, f"not faster than the unpacked one-row kernel ({figures})")
+    return Packing(True, pad, figures)
+
+
+class PackedLinear(nn.Module):
+    """A bf16 linear layer whose weight is held only in oneDNN's packed layout (see the module doc); its state-dict
+    keys are those of the `nn.Linear` it replaces. Made from a layer on the meta device (a model built for loading,
+    `load_release(prepare=...)`), it packs each weight as the checkpoint's tensor arrives, so the dense weight is
+    never copied into memory."""
+
+    def __init__(self, linear: nn.Linear, pad_rows: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.pad_rows = linear.in_features, linear.out_features, pad_rows
+        # an opaque oneDNN tensor, not a parameter or a buffer; None until loaded when made on the meta device
+        self.packed = None if linear.weight.is_meta else pack(linear.weight)
+        self.register_parameter("bias", None if linear.bias is None else
+                                nn.Parameter(linear.bias.detach(), requires_grad=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            raise RuntimeError("PackedLinear: no weight loaded yet (made on the meta device)")
+        rows = x.reshape(-1, self.in_features)
+        if rows.dtype is not torch.bfloat16 or rows.requires_grad:  # not what packing serves: the plain product
+            return F.linear(x, self.packed.to_dense().to(x.dtype), self.bias)
+        return packed_product(rows, self.packed, self.bias, self.pad_rows).reshape(*x.shape[:-1], self.out_features)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the packed weight (not a parameter, so not in `parameters()`)."""
+        return 0 if self.packed is None else self.packed.numel() * self.packed.element_size()
+
+    def checkpoint_layout(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint holds for this layer (`checkpoint.io` loads them through it)."""
+        layout = {"weight": torch.empty(self.out_features, self.in_features, device="meta")}
+        return layout if self.bias is None else {**layout, "bias": self.bias}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        destination[prefix + "weight"] = (self.checkpoint_layout()["weight"].bfloat16() if self.packed is None
+                                          else self.packed.to_dense())  # first, as nn.Linear orders them
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """A checkpoint's weight is packed as it arrives (in bf16)."""
+        weight = state_dict.get(prefix + "weight")
+        if weight is None:
+            missing_keys.append(prefix + "weight")
+        elif weight.shape != (self.out_features, self.in_features):
+            error_msgs.append(f"size mismatch for {prefix}weight: {tuple(weight.shape)} in the state dict, "
+                              f"{(self.out_features, self.in_features)} in the model")
+        else:
+            self.packed = pack(weight.to(torch.bfloat16))
+        rest = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"bf16 weights packed for oneDNN")
+
+
+def pack_weights(model: nn.Module) -> nn.Module:
+    """Pack the bf16 linear layers of a UniX on CPU in place, where `packing()` says it pays; logs what it did. On
+    the meta device (`load_release(prepare=...)`) each layer packs its weight when the checkpoint is loaded."""
+    choice = packing()
+    if not choice.used:
+        log.info("bf16 weights not packed for oneDNN: %s", choice.reason)
+        return model
+    scopes = [*model.decoder.layers, *model.vision.tower.encoder.layers]
+    slots = [(parent, name) for scope in scopes for parent in scope.modules()
+             for name, child in parent.named_children() if _packable(child)]
+    tied = getattr(model.lm_head, "weight", None) is getattr(model.decoder.embed_tokens, "weight", False)
+    if _packable(model.lm_head) and not tied:
+        slots.append((model, "lm_head"))
+    with torch.no_grad():
+        for parent, name in slots:  # one layer at a time: the dense weight is freed as its packed copy is made
+            setattr(parent, name, PackedLinear(getattr(parent, name), choice.pad_rows))
+    log.info("bf16 weights packed for oneDNN: %d linear layers, one-row products padded to %d rows (%s)",
+             len(slots), choice.pad_rows, choice.reason)
+    return model
+
+
+def packed_bytes(module: nn.Module) -> int:
+    """Bytes of the packed weights inside `module` (what `parameters()` does not count)."""
+    return sum(m.weight_bytes for m in module.modules() if isinstance(m, PackedLinear))
+
+
+def _packable(module: nn.Module) -> bool:
+    return (type(module) in _PLAIN_LINEARS and module.weight.dtype is torch.bfloat16
+            and module.weight.device.type in ("cpu", "meta"))
+
+
+__all__ = ["PackedLinear", "Packing", "pack", "pack_weights", "packed_bytes", "packed_product", "packing"]
