@@ -340,9 +340,9 @@ def param_bytes(module: nn.Module) -> int:
 
 
 def packed_for_inference(args, model: UniX) -> UniX:
-    """`model` as `load_for_inference` runs it on CPU: bf16 linear layers packed for oneDNN where that pays
-    (`infer.packed`), unless `--no-pack`."""
-    return model if args.no_pack or model.dtype is not torch.bfloat16 else pack_weights(model)
+    """`model` as `load_for_inference` runs it on CPU: its linear layers packed for oneDNN where that pays
+    (`infer.packed`; not in the upcast mode), unless `--no-pack`."""
+    return model if args.no_pack or args.full_dtype == "upcast" else pack_weights(model)
 
 
 def random_pixels(cfg: UniXConfig, batch: int, seed: int = 0) -> torch.Tensor:
@@ -387,7 +387,7 @@ def bench_report(args, base: UniX) -> None:
         dtype = DTYPES[dtype_name]
         model = base.to(dtype)  # in place
         hf = und_to_qwen3(model, share_weights=True)
-        ours = packed_for_inference(args, copy.deepcopy(model)) if dtype is torch.bfloat16 else model
+        ours = model if args.no_pack else pack_weights(copy.deepcopy(model))  # as load_for_inference does
         gen = ReportGenerator(ours, compile=args.compile)  # the compile happens in the untimed warm-up
         decoder_only = no_stop(gen)
         for batch in args.batches:
@@ -709,8 +709,11 @@ def one_row_kernels(args, cfg: DecoderConfig) -> None:
     scale, scale16 = torch.ones(n), torch.ones(n, dtype=torch.bfloat16)
     fused = torch.compile(lambda w, row: (w.float() * row).sum(-1))
     int8_mm = torch.ops.aten._weight_int8pack_mm
+    fp32 = [w.float() for w in bf16]
     cases = {
-        "fp32 mv": ([w.float() for w in bf16], lambda w: torch.mv(w, x)),
+        "fp32 mv": (fp32, lambda w: torch.mv(w, x)),
+        "fp32 F.linear": (fp32, lambda w: F.linear(x[None], w)),
+        **packed_case(fp32, x),
         "bf16 mv (row rounded to bf16)": (bf16, lambda w: torch.mv(w, x16)),
         "bf16 F.linear of the row and a zero row": (bf16, lambda w: F.linear(pair16, w)),
         **packed_case(bf16, x16),
@@ -727,13 +730,15 @@ def one_row_kernels(args, cfg: DecoderConfig) -> None:
 
 def packed_case(weights: list[torch.Tensor], row: torch.Tensor) -> dict:
     """The one-row product of `infer.packed` (weights packed for oneDNN, the row padded as `packing()` chose), as a
-    `one_row_kernels` case; none where this CPU keeps bf16 weights unpacked."""
-    choice = packing()
+    `one_row_kernels` case; none where this CPU keeps weights of that dtype unpacked."""
+    dtype = weights[0].dtype
+    name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    choice = packing(dtype)
     if not choice.used:
-        log.info("no packed one-row case: %s", choice.reason)
+        log.info("no packed %s one-row case: %s", name, choice.reason)
         return {}
     rows = row[None]
-    return {f"bf16 packed for oneDNN, the row padded to {choice.pad_rows}": (
+    return {f"{name} packed for oneDNN, the row padded to {choice.pad_rows}": (
         [pack(w) for w in weights], lambda w: packed_product(rows, w, None, choice.pad_rows))}
 
 

@@ -26,14 +26,22 @@ needs_onednn_bf16 = pytest.mark.skipif(
     reason="oneDNN has no bf16 on this CPU (packing() keeps such models unpacked)")
 
 
-def bf16_linear(n: int, k: int, bias: bool, seed: int = 0) -> nn.Linear:
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+
+
+def bf16_linear(n: int, k: int, bias: bool, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> nn.Linear:
     torch.manual_seed(seed)
-    return nn.Linear(k, n, bias=bias).bfloat16()
+    return nn.Linear(k, n, bias=bias).to(dtype)
+
+
+def assert_float32_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """float32 products of another kernel: equal to rounding (1e-5 of the largest value)."""
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
 
 
 @needs_onednn_bf16
 @pytest.mark.parametrize("bias", [False, True])
-def test_a_packed_layer_computes_what_f_linear_computes(bias):
+def test_a_packed_bf16_layer_computes_what_f_linear_computes(bias):
     linear = bf16_linear(384, 256, bias)
     layer = PackedLinear(linear, pad_rows=packed.packing().pad_rows)
     rows = torch.randn(16, 256, generator=torch.Generator().manual_seed(1)).bfloat16()
@@ -44,6 +52,21 @@ def test_a_packed_layer_computes_what_f_linear_computes(bias):
         for i in range(4):  # one row (a decoding step) gives its result inside the batch
             assert torch.equal(layer(rows[i:i + 1]), want[i:i + 1])
         assert torch.equal(layer(rows.view(4, 4, 256)), want.view(4, 4, 384))  # leading dims kept
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_packed_float32_layer_is_f_linear_to_rounding_and_batch_invariant(bias):
+    linear = bf16_linear(384, 256, bias, dtype=torch.float32)
+    layer = PackedLinear(linear, pad_rows=packed.packing(torch.float32).pad_rows)
+    rows = torch.randn(16, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        batched = layer(rows)
+        assert_float32_close(batched, F.linear(rows, linear.weight, linear.bias))
+        for n in (2, 3):
+            assert torch.equal(layer(rows[:n]), batched[:n])
+        for i in range(4):
+            assert torch.equal(layer(rows[i:i + 1]), batched[i:i + 1])
 
 
 @needs_onednn_bf16
@@ -91,22 +114,27 @@ def test_float32_rows_and_rows_that_need_a_gradient_take_the_plain_product():
     assert x16.grad is not None and torch.equal(out.detach(), F.linear(x16.detach(), linear.weight))
 
 
-@pytest.fixture(scope="module")
-def demo_pair():
-    """The demo model loaded in bf16 twice: as `load_for_inference` gives it, and unpacked."""
+def demo_pair(dtype: str):
+    """The demo model loaded in `dtype` twice: as `load_for_inference` gives it, and unpacked (float32: its weights
+    are all below `FLOAT32_MIN_PARAMS`, so the callers that want them packed lower the bound)."""
     from unix_cxr.infer.loading import load_for_inference
     from unix_cxr.infer.pipeline import demo_model_path
 
-    return (load_for_inference(demo_model_path(), "bfloat16", "cpu"),
-            load_for_inference(demo_model_path(), "bfloat16", "cpu", pack=False))
+    return (load_for_inference(demo_model_path(), dtype, "cpu").model,
+            load_for_inference(demo_model_path(), dtype, "cpu", pack=False).model)
+
+
+@pytest.fixture(scope="module")
+def bf16_pair():
+    return demo_pair("bfloat16")
 
 
 @needs_onednn_bf16
-def test_a_loaded_bf16_model_computes_what_the_unpacked_one_computes(demo_pair):
+def test_a_loaded_bf16_model_computes_what_the_unpacked_one_computes(bf16_pair):
     from unix_cxr.infer.image import ImageGenerator
     from unix_cxr.infer.report import ReportGenerator
 
-    pk, plain = demo_pair[0].model, demo_pair[1].model
+    pk, plain = bf16_pair
     if not packed.packing().used:
         pytest.skip(f"packing does not pay on this CPU: {packed.packing().reason}")
     scopes = [*plain.decoder.layers, *plain.vision.tower.encoder.layers]
@@ -136,34 +164,80 @@ def test_a_loaded_bf16_model_computes_what_the_unpacked_one_computes(demo_pair):
                            ImageGenerator(plain).sample([[5, 6]], 64, 64, generator=g()))
 
 
+@needs_onednn
+def test_a_loaded_float32_model_reports_what_the_unpacked_one_reports(monkeypatch):
+    """float32 packed products round differently from MKL's: the greedy reports agree with the unpacked model's,
+    the logits and images to rounding, and decoding stays batch-invariant. The demo model's layers are smaller than
+    `FLOAT32_MIN_PARAMS`, so the bound is lowered to pack them all."""
+    from dataclasses import replace
+
+    from unix_cxr.infer.image import ImageGenerator
+    from unix_cxr.infer.report import ReportGenerator
+
+    choice = packed.packing(torch.float32)
+    if not choice.used:
+        pytest.skip(f"float32 packing does not pay on this CPU: {choice.reason}")
+    assert choice.min_params == packed.FLOAT32_MIN_PARAMS
+    monkeypatch.setattr(packed, "packing", lambda dtype: replace(choice, min_params=0))
+    pk, plain = demo_pair("float32")
+    assert isinstance(pk.lm_head, PackedLinear) and isinstance(pk.decoder.layers[0].und.q_proj, PackedLinear)
+    s = pk.cfg.vision.image_size
+    pixels = torch.randn(4, 3, s, s, generator=torch.Generator().manual_seed(0))
+    a, b = ReportGenerator(pk), ReportGenerator(plain)
+    blocks = [a.prompt_block([5, 6, 7])] * 4
+    with torch.inference_mode():
+        got = a.decode(a.prefill(pixels, blocks, 24), 24, keep_logits=True)
+        want = b.decode(b.prefill(pixels, blocks, 24), 24, keep_logits=True)
+        one = [a.decode(a.prefill(pixels[i:i + 1], blocks[:1], 24), 24).token_ids[0] for i in range(4)]
+    assert got.token_ids == want.token_ids and got.token_ids == one
+    for x, y in zip(got.step_logits, want.step_logits, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
+    g = lambda: torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        torch.testing.assert_close(ImageGenerator(pk).sample([[5, 6]], 64, 64, generator=g()),
+                                   ImageGenerator(plain).sample([[5, 6]], 64, 64, generator=g()), rtol=1e-3,
+                                   atol=1e-3)
+
+
 def test_where_packing_does_not_pay_the_model_is_left_as_it_is(monkeypatch, caplog, tiny_model):
-    monkeypatch.setattr(packed, "packing", lambda: Packing(False, 1, "not faster here (forced)"))
+    monkeypatch.setattr(packed, "packing", lambda dtype: Packing(False, 1, "not faster here (forced)"))
     model = tiny_model.bfloat16().eval()
     before = {name: type(m) for name, m in model.named_modules()}
     with caplog.at_level(logging.INFO, logger="unix_cxr.infer.packed"):
         pack_weights(model)
     assert {name: type(m) for name, m in model.named_modules()} == before
-    assert "not packed for oneDNN: not faster here (forced)" in caplog.text
+    assert "bfloat16 weights not packed for oneDNN: not faster here (forced)" in caplog.text
 
 
 @needs_onednn_bf16
-def test_float32_layers_and_a_tied_lm_head_stay_unpacked(monkeypatch, tiny_model):
-    monkeypatch.setattr(packed, "packing", lambda: Packing(True, 2, "forced"))
-    model = tiny_model.eval()  # float32: nothing is packed
-    pack_weights(model)
-    assert not any(isinstance(m, PackedLinear) for m in model.modules())
-    model = model.bfloat16()
+def test_layers_of_another_dtype_and_a_tied_lm_head_stay_unpacked(monkeypatch, tiny_model):
+    monkeypatch.setattr(packed, "packing", lambda dtype: Packing(True, 2, "forced"))
+    model = tiny_model.bfloat16().eval()
+    model.decoder.layers[0].und.q_proj.float()  # not the model's dtype: left as it is
     model.lm_head.weight = model.decoder.embed_tokens.weight
     pack_weights(model)
     assert type(model.lm_head) is not PackedLinear and model.lm_head.weight is model.decoder.embed_tokens.weight
-    assert isinstance(model.decoder.layers[0].und.q_proj, PackedLinear)
+    assert type(model.decoder.layers[0].und.q_proj) is not PackedLinear
+    assert isinstance(model.decoder.layers[0].und.k_proj, PackedLinear)
 
 
-def test_no_packing_on_a_cpu_without_onednn_bf16(monkeypatch):
+@needs_onednn
+def test_small_float32_layers_stay_unpacked(monkeypatch, tiny_model):
+    """oneDNN's per-call cost is more than MKL's whole product of a small float32 weight."""
+    monkeypatch.setattr(packed, "packing", lambda dtype: Packing(True, 2, "forced", packed.FLOAT32_MIN_PARAMS))
+    model = tiny_model.eval()
+    model.lm_head = nn.Linear(1024, 2048, bias=False)  # 2^21 parameters: packed
+    pack_weights(model)
+    assert isinstance(model.lm_head, PackedLinear)
+    assert not any(isinstance(m, PackedLinear) for m in model.decoder.modules())
+
+
+def test_no_packing_on_a_cpu_without_onednn_bf16_nor_of_other_dtypes(monkeypatch):
+    assert not packed.packing(torch.float16).used
     packed.packing.cache_clear()
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     try:
-        choice = packed.packing()
+        choice = packed.packing(torch.bfloat16)
         assert not choice.used and "no bf16" in choice.reason
     finally:
         packed.packing.cache_clear()
@@ -171,12 +245,12 @@ def test_no_packing_on_a_cpu_without_onednn_bf16(monkeypatch):
 
 @needs_onednn_bf16
 @pytest.mark.slow
-def test_the_compiled_decoding_step_runs_packed_weights(demo_pair):
+def test_the_compiled_decoding_step_runs_packed_weights(bf16_pair):
     """The packed product is one opaque operator under torch.compile: the compiled step's tokens are the eager
-    ones (about a minute: the compile). Run: pytest -m slow tests/test_packed.py"""
+    ones (about half a minute: the compile). Run: pytest -m slow tests/test_packed.py"""
     from unix_cxr.infer.report import ReportGenerator
 
-    pk = demo_pair[0].model
+    pk = bf16_pair[0]
     if not packed.packing().used:
         pytest.skip(f"packing does not pay on this CPU: {packed.packing().reason}")
     s = pk.cfg.vision.image_size

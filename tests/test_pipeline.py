@@ -99,7 +99,10 @@ def test_from_pretrained_errors(tokenizer, tmp_path):
 
 
 def test_from_pretrained_release_folder_matches_load_release(tmp_path, tokenizer, radiograph):
+    """from_pretrained = load_release, then (on CPU) the linear layers packed for oneDNN as load_for_inference
+    does (`infer.packed`; float32 packed products round differently from MKL's, so the comparison packs too)."""
     from unix_cxr.checkpoint.release import load_release
+    from unix_cxr.infer.packed import pack_weights
 
     cfg = load_config("tiny")
     folder = write_release(tmp_path / "release", cfg, tokenizer)
@@ -108,7 +111,7 @@ def test_from_pretrained_release_folder_matches_load_release(tmp_path, tokenizer
 
     pipe = UniXPipeline.from_pretrained(folder, special_tokens=tokens, **SETTINGS)
     release = load_release(folder, dtype=torch.float32, tokens=cfg.tokens)
-    direct = UniXPipeline(release.model, release.vae, release.tokenizer, **SETTINGS)
+    direct = UniXPipeline(pack_weights(release.model), release.vae, release.tokenizer, **SETTINGS)
     path, _ = radiograph
     assert pipe.name == "UniX" and pipe.report([path])[0].token_ids == direct.report([path])[0].token_ids
     assert np.array_equal(pipe.draw(REPORTS[:1], seed=2)[0], direct.draw(REPORTS[:1], seed=2)[0])

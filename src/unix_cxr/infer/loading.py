@@ -1,6 +1,7 @@
 """Loading a release folder for inference: the one dtype policy's choice for it (logged once), then weight-only
-quantization, the upcast mode and, for a model computed in bf16 on CPU, oneDNN's packed layout where that pays
-(`infer.packed`: the same numbers, faster) applied while the model is still on the meta device, so that each
+quantization, the upcast mode and, on CPU, oneDNN's packed layout for the float weights where that pays
+(`infer.packed`: the same numbers in bf16, the same to float rounding in float32, faster) applied while the model
+is still on the meta device, so that each
 weight takes its final form as it is read (`checkpoint.release.load_release(prepare=...)`).
 """
 
@@ -39,14 +40,15 @@ def load_for_inference(folder: str | Path, dtype: str | torch.dtype = "auto", de
     """`load_release` in the policy's dtype, with `quantize` ("none", "int8", "int4": `infer.quantize`) and, where
     the policy says so, the large weights kept in bf16 and upcast on the fly (`infer.upcast`). `choice`: one made
     already, instead of the policy's (benchmarks measure a mode the policy would not pick on their CPU). `pack`:
-    pack bf16 linear layers on CPU for oneDNN where this CPU gains from it (`infer.packed.pack_weights`)."""
+    pack the linear layers on CPU for oneDNN where this CPU gains from it (`infer.packed.pack_weights`; not in the
+    upcast mode, whose point is bf16-held weights)."""
     choice = choice or release_choice(folder, dtype, device, quantize)
 
     def prepare(model) -> None:
         quantize_decoding(model, quantize)
         if choice.weights is not None:
             upcast_weights(model, choice.weights)
-        if pack and choice.dtype is torch.bfloat16 and torch.device(device).type == "cpu":
+        if pack and choice.weights is None and torch.device(device).type == "cpu":
             pack_weights(model)
 
     return load_release(folder, dtype=choice.dtype, with_generation=with_generation, device=device, tokens=tokens,

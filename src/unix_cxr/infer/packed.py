@@ -1,21 +1,28 @@
-"""bf16 weights pre-packed for oneDNN on CPU, applied from outside the model at load: the same numbers, read faster.
+"""Linear weights pre-packed for oneDNN on CPU, applied from outside the model at load: read faster, same answers.
 
 On CPU a bf16 `F.linear` runs oneDNN's matmul, which first reorders the (N, K) weight into its blocked layout, at
 every call: a decoding step reads each weight and writes a reordered copy of it before the product reads that
-again. PyTorch has the operators that keep the weight in oneDNN's layout instead, the ones inductor's CPU weight
-prepacking (freezing) emits: `torch.ops.mkldnn._reorder_linear_weight` once, then `_linear_pointwise` per call.
-Their results equal `F.linear`'s bit for bit, at every row count measured (1 to 600, with and without a bias), so
-a packed model computes what the unpacked one computes; they just do not reorder. On an AMD EPYC with
-AVX512-BF16 (2 threads, 5,632 x 2,048 weights read from memory) the packed product of one row, padded with zero
-rows to 3 or 4, read 14.5-15 G parameters/s against 9.4-11.6 for the padded `F.linear` that `model.linear`
-picks there (docs/benchmarks.md).
+again (float32 `F.linear` runs MKL's GEMM, whose one- and few-row products read the weights at half the memory's
+speed or less). PyTorch has the operators that keep the weight in oneDNN's layout instead, the ones inductor's
+CPU weight prepacking (freezing) emits: `torch.ops.mkldnn._reorder_linear_weight` once, then `_linear_pointwise`
+per call.
 
-`pack_weights(model)` replaces every plain linear layer of the decoder layers (both experts), of SigLIP's
-encoder layers and `lm_head` (unless tied to the embeddings) by `PackedLinear`, holding only the packed weight.
-`packing()` decides once per process, on first use (about 0.3 s): oneDNN must do bf16 on this CPU, its packed
-product must equal `F.linear` of the same rows (several rows, and one row padded, which must equal that row inside
-a batch: batch invariance), and it must be faster than the one-row kernel `model.linear` picks; the fastest
-padding (1 to 4 rows) is chosen and logged. Anything else keeps the unpacked model, logged once.
+* bf16: their results equal `F.linear`'s bit for bit, at every row count measured (1 to 600, with and without a
+  bias), so a packed model computes what the unpacked one computes. On an AMD EPYC with AVX512-BF16 (2 threads,
+  5,632 x 2,048 weights read from memory) one row, padded with zero rows to 3 or 4, read 14-15 G parameters/s
+  against 11 for the padded `F.linear` that `model.linear` picks there (docs/benchmarks.md).
+* float32: another kernel than MKL's, so the sums round differently (within 1e-5 of the largest output); on the
+  same EPYC 1.5-2.8x MKL's speed at 1 to 64 rows and 1.1-1.2x at 600 for the full model's weights, also with
+  oneDNN and MKL held to AVX2. A oneDNN call costs about 20 us, though, where MKL multiplies one row by a small
+  weight in a few: float32 weights of fewer than `FLOAT32_MIN_PARAMS` (2^21) parameters stay unpacked.
+
+`pack_weights(model)` replaces every plain linear layer of the model's compute dtype in the decoder layers (both
+experts), SigLIP's encoder layers and `lm_head` (unless tied to the embeddings) by `PackedLinear`, holding only
+the packed weight. `packing(dtype)` decides once per process and dtype, on first use (about 0.3 s): oneDNN must
+do that dtype on this CPU; a row's packed result must not depend on the rows beside it, and one row padded must
+give its result inside a batch (batch invariance); the packed product must equal `F.linear` (bf16) or agree with it
+to rounding (float32); and it must be faster than the unpacked layer's one-row product. The fastest padding (1 to
+4 rows) is chosen and logged. Anything else keeps the unpacked model, logged once.
 
 For inference only (no gradient reaches a packed weight). `load_for_inference` packs while loading: the layers are
 swapped on the meta device and each packs the checkpoint's tensor as it is read, so the dense weights are never
@@ -40,6 +47,10 @@ log = logging.getLogger(__name__)
 
 _PLAIN_LINEARS = (nn.Linear, Linear)  # exactly these classes (quantized and upcast layers are not packed)
 _PADS = (1, 2, 3, 4)  # rows a one-row product is padded to (with zero rows), measured by `packing()`
+PACKED_DTYPES = (torch.bfloat16, torch.float32)
+# float32 weights below this size stay with MKL: oneDNN's call costs about 20 us, MKL's one-row product of a
+# 512 x 512 weight 4-6 us, and oneDNN's packed product wins from about 2,048 x 1,024 on (docs/benchmarks.md)
+FLOAT32_MIN_PARAMS = 1 << 21
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
@@ -80,6 +91,7 @@ class Packing:
     used: bool
     pad_rows: int  # a one-row product runs on that many rows (the row, then zero rows)
     reason: str
+    min_params: int = 0  # smaller weights stay unpacked (float32: oneDNN's call costs more than MKL's product)
 
 
 def _padded(rows: torch.Tensor, pad: int) -> torch.Tensor:
@@ -96,47 +108,63 @@ def _seconds(fn, weights: list) -> float:
     return best
 
 
+def _unpacked_one_row(weight: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """What an unpacked `Linear` runs for one row (`model.linear`): its one-row kernel in bf16, F.linear else."""
+    return one_row_product(weight, row) if weight.dtype is torch.bfloat16 else F.linear(row, weight)
+
+
 @functools.cache
-def packing() -> Packing:
-    """Whether bf16 linear layers are packed on this CPU, and the padding of one-row products (module doc)."""
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+def packing(dtype: torch.dtype = torch.bfloat16) -> Packing:
+    """Whether linear layers of `dtype` (bfloat16 or float32) are packed on this CPU, and the padding of one-row
+    products (module doc)."""
+    if dtype not in PACKED_DTYPES:
+        return Packing(False, 1, f"only {', '.join(str(d) for d in PACKED_DTYPES)} weights are packed")
+    if not torch.backends.mkldnn.is_available():
+        return Packing(False, 1, "PyTorch was built without oneDNN")
+    if dtype is torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return Packing(False, 1, "oneDNN has no bf16 on this CPU")
     gen = torch.Generator().manual_seed(0)
-    dense = [torch.randn(2048, 2048, generator=gen).bfloat16() for _ in range(12)]  # 96 MB: from memory
-    rows = torch.randn(16, 2048, generator=gen).bfloat16()
-    bias = torch.randn(2048, generator=gen).bfloat16()
+    count = 12 if dtype is torch.bfloat16 else 6  # 96 MB: read from memory, not from the caches
+    dense = [torch.randn(2048, 2048, generator=gen).to(dtype) for _ in range(count)]
+    rows = torch.randn(16, 2048, generator=gen).to(dtype)
+    bias = torch.randn(2048, generator=gen).to(dtype)
     with torch.inference_mode():
         packed = [pack(w) for w in dense]
-        for b in (None, bias):
-            for n in (3, 16):
-                if not torch.equal(_packed_product(rows[:n], packed[0], b), F.linear(rows[:n], dense[0], b)):
-                    return Packing(False, 1, f"oneDNN's packed product of {n} rows differs from F.linear here")
-        batched = F.linear(rows, dense[0], bias)
+        batched = _packed_product(rows, packed[0], bias)
+        if not torch.equal(_packed_product(rows[:3], packed[0], bias), batched[:3]):
+            return Packing(False, 1, "oneDNN's packed product of a row depends on the rows beside it here")
+        reference = F.linear(rows, dense[0], bias)
+        same = torch.equal(batched, reference) if dtype is torch.bfloat16 else bool(
+            (batched - reference).abs().max() <= 1e-5 * reference.abs().max())  # float32: rounding only
+        if not same:
+            return Packing(False, 1, "oneDNN's packed product differs from F.linear here")
         pads = [p for p in _PADS
                 if all(torch.equal(_packed_product(_padded(rows[i:i + 1], p), packed[0], bias)[0], batched[i])
                        for i in range(3))]
         if not pads:
             return Packing(False, 1, "no padding of one row gives its batched result in oneDNN's packed product")
-        speed = {p: 2048 * 2048 * len(packed) / _seconds(
-            lambda w, p=p: _packed_product(_padded(rows[:1], p), w, None), packed) / 1e9 for p in pads}
-        unpacked = 2048 * 2048 * len(dense) / _seconds(lambda w: one_row_product(w, rows[0]), dense) / 1e9
+        numel = 2048 * 2048 * count
+        speed = {p: numel / _seconds(lambda w, p=p: _packed_product(_padded(rows[:1], p), w, None), packed) / 1e9
+                 for p in pads}
+        unpacked = numel / _seconds(lambda w: _unpacked_one_row(w, rows[0]), dense) / 1e9
     pad = max(speed, key=speed.__getitem__)
     figures = (f"G parameters/s of one row measured: unpacked {unpacked:.1f}, packed "
                + ", ".join(f"{s:.1f} padded to {p}" for p, s in speed.items()))
     if speed[pad] <= unpacked:
         return Packing(False, 1, f"not faster than the unpacked one-row kernel ({figures})")
-    return Packing(True, pad, figures)
+    return Packing(True, pad, figures, 0 if dtype is torch.bfloat16 else FLOAT32_MIN_PARAMS)
 
 
 class PackedLinear(nn.Module):
-    """A bf16 linear layer whose weight is held only in oneDNN's packed layout (see the module doc); its state-dict
-    keys are those of the `nn.Linear` it replaces. Made from a layer on the meta device (a model built for loading,
-    `load_release(prepare=...)`), it packs each weight as the checkpoint's tensor arrives, so the dense weight is
-    never copied into memory."""
+    """A linear layer whose (bf16 or float32) weight is held only in oneDNN's packed layout (see the module doc);
+    its state-dict keys are those of the `nn.Linear` it replaces. Made from a layer on the meta device (a model
+    built for loading, `load_release(prepare=...)`), it packs each weight as the checkpoint's tensor arrives, so
+    the dense weight is never copied into memory."""
 
     def __init__(self, linear: nn.Linear, pad_rows: int) -> None:
         super().__init__()
         self.in_features, self.out_features, self.pad_rows = linear.in_features, linear.out_features, pad_rows
+        self.dtype = linear.weight.dtype
         # an opaque oneDNN tensor, not a parameter or a buffer; None until loaded when made on the meta device
         self.packed = None if linear.weight.is_meta else pack(linear.weight)
         self.register_parameter("bias", None if linear.bias is None else
@@ -146,7 +174,7 @@ class PackedLinear(nn.Module):
         if self.packed is None:
             raise RuntimeError("PackedLinear: no weight loaded yet (made on the meta device)")
         rows = x.reshape(-1, self.in_features)
-        if rows.dtype is not torch.bfloat16 or rows.requires_grad:  # not what packing serves: the plain product
+        if rows.dtype is not self.dtype or rows.requires_grad:  # not what packing serves: the plain product
             return F.linear(x, self.packed.to_dense().to(x.dtype), self.bias)
         return packed_product(rows, self.packed, self.bias, self.pad_rows).reshape(*x.shape[:-1], self.out_features)
 
@@ -161,13 +189,13 @@ class PackedLinear(nn.Module):
         return layout if self.bias is None else {**layout, "bias": self.bias}
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        destination[prefix + "weight"] = (self.checkpoint_layout()["weight"].bfloat16() if self.packed is None
+        destination[prefix + "weight"] = (self.checkpoint_layout()["weight"].to(self.dtype) if self.packed is None
                                           else self.packed.to_dense())  # first, as nn.Linear orders them
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
-        """A checkpoint's weight is packed as it arrives (in bf16)."""
+        """A checkpoint's weight is packed as it arrives (in the layer's dtype)."""
         weight = state_dict.get(prefix + "weight")
         if weight is None:
             missing_keys.append(prefix + "weight")
@@ -175,34 +203,38 @@ class PackedLinear(nn.Module):
             error_msgs.append(f"size mismatch for {prefix}weight: {tuple(weight.shape)} in the state dict, "
                               f"{(self.out_features, self.in_features)} in the model")
         else:
-            self.packed = pack(weight.to(torch.bfloat16))
+            self.packed = pack(weight.to(self.dtype))
         rest = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"bf16 weights packed for oneDNN")
+                f"{str(self.dtype).removeprefix('torch.')} weights packed for oneDNN")
 
 
 def pack_weights(model: nn.Module) -> nn.Module:
-    """Pack the bf16 linear layers of a UniX on CPU in place, where `packing()` says it pays; logs what it did. On
-    the meta device (`load_release(prepare=...)`) each layer packs its weight when the checkpoint is loaded."""
-    choice = packing()
+    """Pack the linear layers of a UniX on CPU in place, in its compute dtype (`model.dtype`: bfloat16 or
+    float32), where `packing()` says it pays; logs what it did. On the meta device (`load_release(prepare=...)`)
+    each layer packs its weight when the checkpoint is loaded."""
+    dtype = model.dtype
+    name = str(dtype).removeprefix("torch.")
+    choice = packing(dtype)
     if not choice.used:
-        log.info("bf16 weights not packed for oneDNN: %s", choice.reason)
+        log.info("%s weights not packed for oneDNN: %s", name, choice.reason)
         return model
     scopes = [*model.decoder.layers, *model.vision.tower.encoder.layers]
-    slots = [(parent, name) for scope in scopes for parent in scope.modules()
-             for name, child in parent.named_children() if _packable(child)]
+    slots = [(parent, child_name) for scope in scopes for parent in scope.modules()
+             for child_name, child in parent.named_children() if _packable(child, dtype, choice.min_params)]
     tied = getattr(model.lm_head, "weight", None) is getattr(model.decoder.embed_tokens, "weight", False)
-    if _packable(model.lm_head) and not tied:
+    if _packable(model.lm_head, dtype, choice.min_params) and not tied:
         slots.append((model, "lm_head"))
     with torch.no_grad():
-        for parent, name in slots:  # one layer at a time: the dense weight is freed as its packed copy is made
-            setattr(parent, name, PackedLinear(getattr(parent, name), choice.pad_rows))
-    log.info("bf16 weights packed for oneDNN: %d linear layers, one-row products padded to %d rows (%s)",
-             len(slots), choice.pad_rows, choice.reason)
+        for parent, child_name in slots:  # one at a time: the dense weight is freed as its packed copy is made
+            setattr(parent, child_name, PackedLinear(getattr(parent, child_name), choice.pad_rows))
+    smaller = f", those of at least {choice.min_params:,} parameters" if choice.min_params else ""
+    log.info("%s weights packed for oneDNN: %d linear layers%s, one-row products padded to %d rows (%s)", name,
+             len(slots), smaller, choice.pad_rows, choice.reason)
     return model
 
 
@@ -211,9 +243,10 @@ def packed_bytes(module: nn.Module) -> int:
     return sum(m.weight_bytes for m in module.modules() if isinstance(m, PackedLinear))
 
 
-def _packable(module: nn.Module) -> bool:
-    return (type(module) in _PLAIN_LINEARS and module.weight.dtype is torch.bfloat16
+def _packable(module: nn.Module, dtype: torch.dtype, min_params: int) -> bool:
+    return (type(module) in _PLAIN_LINEARS and module.weight.dtype is dtype and module.weight.numel() >= min_params
             and module.weight.device.type in ("cpu", "meta"))
 
 
-__all__ = ["PackedLinear", "Packing", "pack", "pack_weights", "packed_bytes", "packed_product", "packing"]
+__all__ = ["FLOAT32_MIN_PARAMS", "PACKED_DTYPES", "PackedLinear", "Packing", "pack", "pack_weights", "packed_bytes",
+           "packed_product", "packing"]
