@@ -261,3 +261,26 @@ def test_the_compiled_decoding_step_runs_packed_weights(bf16_pair):
         want = eager.decode(eager.prefill(pixels, blocks, 12), 12).token_ids
         got = compiled.decode(compiled.prefill(pixels, blocks, 12), 12).token_ids
     assert got == want
+
+
+def test_the_pipeline_and_the_model_commands_pack_unless_told_not_to(monkeypatch):
+    """`from_pretrained(pack=False)` keeps the plain layers; the model commands' `--no-pack` reaches it."""
+    import argparse
+
+    from unix_cxr.cli.options import add_model_options, load_pipeline
+    from unix_cxr.infer.pipeline import UniXPipeline
+
+    def has_packed(pipe) -> bool:
+        return any(isinstance(m, PackedLinear) for m in pipe.model.modules())
+
+    plain = UniXPipeline.from_pretrained("demo", dtype="bfloat16", pack=False)
+    assert not has_packed(plain)
+    if packed.packing(torch.bfloat16).used:
+        assert has_packed(UniXPipeline.from_pretrained("demo", dtype="bfloat16"))
+    seen = []
+    monkeypatch.setattr(UniXPipeline, "from_pretrained", classmethod(lambda cls, path, **kw: seen.append(kw)))
+    p = argparse.ArgumentParser()
+    add_model_options(p)
+    load_pipeline(p.parse_args(["--no-pack"]))
+    load_pipeline(p.parse_args([]))
+    assert [kw["pack"] for kw in seen] == [False, True]

@@ -25,6 +25,10 @@ def add_model_options(p: argparse.ArgumentParser, default_batch: int = 4) -> Non
     p.add_argument("--compile", action="store_true",
                    help="compile the report decoding step with torch.compile (tens of seconds once, then faster "
                         "steps; docs/usage.md)")
+    p.add_argument("--no-pack", action="store_true",
+                   help="keep the plain weights on CPU (by default the linear layers are held in oneDNN's packed "
+                        "layout where that is faster: bf16 gives the same numbers, float32 the same to rounding; "
+                        "docs/usage.md)")
     p.add_argument("--batch-size", type=int, default=default_batch, help="images or reports per model call")
 
 
@@ -43,4 +47,5 @@ def load_pipeline(args: argparse.Namespace, **settings: Any):
         raise ValueError(f"--model {args.model}: not a folder (give a release folder, or 'demo')")
     settings.setdefault("labeler", Labeler())
     return UniXPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, batch_size=args.batch_size,
-                                        quantize=args.quantize, compile_decoding=args.compile, **settings)
+                                        quantize=args.quantize, compile_decoding=args.compile,
+                                        pack=not args.no_pack, **settings)

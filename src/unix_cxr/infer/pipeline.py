@@ -302,7 +302,7 @@ class UniXPipeline:
     def from_pretrained(cls, path_or_preset: str | os.PathLike, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "auto", *, tokenizer: Any = None,
                         special_tokens: SpecialTokens | Sequence[int] | None = None, init_seed: int = 0,
-                        quantize: str = "none", **settings: Any) -> UniXPipeline:
+                        quantize: str = "none", pack: bool = True, **settings: Any) -> UniXPipeline:
         """A pipeline of a local release folder, or of a preset with random weights.
 
         Args:
@@ -325,6 +325,9 @@ class UniXPipeline:
             init_seed: seed of a preset's random weights (the global RNG is left untouched).
             quantize: ``"none"``, ``"int8"`` or ``"int4"`` (CPU): weight-only int8 / int4 for report decoding
                 (:func:`unix_cxr.infer.quantize.quantize_decoding`; the generation expert keeps its weights).
+            pack: on CPU, hold the linear layers in oneDNN's packed layout where that pays
+                (:mod:`unix_cxr.infer.packed`; bf16: the same numbers, float32: the same to rounding); False keeps
+                the plain weights (a release folder only; presets are never packed).
             settings: the keyword arguments of the constructor (``decoding``, ``sampling``, ``image_size``,
                 ``batch_size``, ``labeler``, ...).
 
@@ -357,7 +360,7 @@ class UniXPipeline:
             return cls(model, vae, tokenizer, **settings)
         from .loading import load_for_inference
 
-        release = load_for_inference(path, dtype, device, quantize, tokens=special_tokens)
+        release = load_for_inference(path, dtype, device, quantize, tokens=special_tokens, pack=pack)
         return cls(release.model, release.vae, tokenizer if tokenizer is not None else release.tokenizer, **settings)
 
     @staticmethod
