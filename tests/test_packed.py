@@ -124,6 +124,25 @@ def demo_pair(dtype: str):
             load_for_inference(demo_model_path(), dtype, "cpu", pack=False).model)
 
 
+def decode_and_draw(pk, plain):
+    """Greedy decoding of 4 random images with a prompt (the packed and the plain model, with step logits; the
+    packed one also one image at a time) and one image drawn by each with the same noise."""
+    from unix_cxr.infer.image import ImageGenerator
+    from unix_cxr.infer.report import ReportGenerator
+
+    s = pk.cfg.vision.image_size
+    pixels = torch.randn(4, 3, s, s, generator=torch.Generator().manual_seed(0))
+    a, b = ReportGenerator(pk), ReportGenerator(plain)
+    blocks = [a.prompt_block([5, 6, 7])] * 4
+    g = lambda: torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        got = a.decode(a.prefill(pixels, blocks, 24), 24, keep_logits=True)
+        want = b.decode(b.prefill(pixels, blocks, 24), 24, keep_logits=True)
+        one = [a.decode(a.prefill(pixels[i:i + 1], blocks[:1], 24), 24).token_ids[0] for i in range(4)]
+        images = [ImageGenerator(m).sample([[5, 6]], 64, 64, generator=g()) for m in (pk, plain)]
+    return got, want, one, images
+
+
 @pytest.fixture(scope="module")
 def bf16_pair():
     return demo_pair("bfloat16")
@@ -131,9 +150,6 @@ def bf16_pair():
 
 @needs_onednn_bf16
 def test_a_loaded_bf16_model_computes_what_the_unpacked_one_computes(bf16_pair):
-    from unix_cxr.infer.image import ImageGenerator
-    from unix_cxr.infer.report import ReportGenerator
-
     pk, plain = bf16_pair
     if not packed.packing().used:
         pytest.skip(f"packing does not pay on this CPU: {packed.packing().reason}")
@@ -148,20 +164,10 @@ def test_a_loaded_bf16_model_computes_what_the_unpacked_one_computes(bf16_pair):
     assert list(got) == list(want)  # the same keys in the same order
     assert all(torch.equal(got[k], want[k]) for k in want)
 
-    s = pk.cfg.vision.image_size
-    pixels = torch.randn(4, 3, s, s, generator=torch.Generator().manual_seed(0))
-    a, b = ReportGenerator(pk), ReportGenerator(plain)
-    blocks = [a.prompt_block([5, 6, 7])] * 4
-    with torch.inference_mode():
-        got = a.decode(a.prefill(pixels, blocks, 24), 24, keep_logits=True)
-        want = b.decode(b.prefill(pixels, blocks, 24), 24, keep_logits=True)
-        one = [a.decode(a.prefill(pixels[i:i + 1], blocks[:1], 24), 24).token_ids[0] for i in range(4)]
+    got, want, one, images = decode_and_draw(pk, plain)
     assert got.token_ids == want.token_ids == one  # the same numbers, and batch-invariant
     assert all(torch.equal(x, y) for x, y in zip(got.step_logits, want.step_logits, strict=True))
-    g = lambda: torch.Generator().manual_seed(3)
-    with torch.inference_mode():
-        assert torch.equal(ImageGenerator(pk).sample([[5, 6]], 64, 64, generator=g()),
-                           ImageGenerator(plain).sample([[5, 6]], 64, 64, generator=g()))
+    assert torch.equal(*images)
 
 
 @needs_onednn
@@ -171,9 +177,6 @@ def test_a_loaded_float32_model_reports_what_the_unpacked_one_reports(monkeypatc
     `FLOAT32_MIN_PARAMS`, so the bound is lowered to pack them all."""
     from dataclasses import replace
 
-    from unix_cxr.infer.image import ImageGenerator
-    from unix_cxr.infer.report import ReportGenerator
-
     choice = packed.packing(torch.float32)
     if not choice.used:
         pytest.skip(f"float32 packing does not pay on this CPU: {choice.reason}")
@@ -181,22 +184,11 @@ def test_a_loaded_float32_model_reports_what_the_unpacked_one_reports(monkeypatc
     monkeypatch.setattr(packed, "packing", lambda dtype: replace(choice, min_params=0))
     pk, plain = demo_pair("float32")
     assert isinstance(pk.lm_head, PackedLinear) and isinstance(pk.decoder.layers[0].und.q_proj, PackedLinear)
-    s = pk.cfg.vision.image_size
-    pixels = torch.randn(4, 3, s, s, generator=torch.Generator().manual_seed(0))
-    a, b = ReportGenerator(pk), ReportGenerator(plain)
-    blocks = [a.prompt_block([5, 6, 7])] * 4
-    with torch.inference_mode():
-        got = a.decode(a.prefill(pixels, blocks, 24), 24, keep_logits=True)
-        want = b.decode(b.prefill(pixels, blocks, 24), 24, keep_logits=True)
-        one = [a.decode(a.prefill(pixels[i:i + 1], blocks[:1], 24), 24).token_ids[0] for i in range(4)]
+    got, want, one, images = decode_and_draw(pk, plain)
     assert got.token_ids == want.token_ids and got.token_ids == one
     for x, y in zip(got.step_logits, want.step_logits, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
-    g = lambda: torch.Generator().manual_seed(3)
-    with torch.inference_mode():
-        torch.testing.assert_close(ImageGenerator(pk).sample([[5, 6]], 64, 64, generator=g()),
-                                   ImageGenerator(plain).sample([[5, 6]], 64, 64, generator=g()), rtol=1e-3,
-                                   atol=1e-3)
+    torch.testing.assert_close(*images, rtol=1e-3, atol=1e-3)
 
 
 def test_where_packing_does_not_pay_the_model_is_left_as_it_is(monkeypatch, caplog, tiny_model):
