@@ -10,7 +10,8 @@ per call.
 * bf16: their results equal `F.linear`'s bit for bit, at every row count measured (1 to 600, with and without a
   bias), so a packed model computes what the unpacked one computes. On an AMD EPYC with AVX512-BF16 (2 threads,
   5,632 x 2,048 weights read from memory) one row, padded with zero rows to 3 or 4, read 14-15 G parameters/s
-  against 11 for the padded `F.linear` that `model.linear` picks there (docs/benchmarks.md).
+  against 11 for the padded `F.linear` that `model.linear` picks there (ad hoc and `bench_core.py --only kern`,
+  docs/benchmarks.md).
 * float32: another kernel than MKL's, so the sums round differently (within 1e-5 of the largest output); on the
   same EPYC 1.5-2.8x MKL's speed at 1 to 64 rows and 1.1-1.2x at 600 for the full model's weights, also with
   oneDNN and MKL held to AVX2. A oneDNN call costs about 20 us, though, where MKL multiplies one row by a small
@@ -18,11 +19,13 @@ per call.
 
 `pack_weights(model)` replaces every plain linear layer of the model's compute dtype in the decoder layers (both
 experts), SigLIP's encoder layers and `lm_head` (unless tied to the embeddings) by `PackedLinear`, holding only
-the packed weight. `packing(dtype)` decides once per process and dtype, on first use (about 0.3 s): oneDNN must
-do that dtype on this CPU; a row's packed result must not depend on the rows beside it, and one row padded must
-give its result inside a batch (batch invariance); the packed product must equal `F.linear` (bf16) or agree with it
-to rounding (float32); and it must be faster than the unpacked layer's one-row product. The fastest padding (1 to
-4 rows) is chosen and logged. Anything else keeps the unpacked model, logged once.
+the packed weight. `packing(dtype)` decides once per process and dtype, on first use (about half a second;
+`decide_packing` says how): oneDNN must do that dtype on this CPU; a row's packed result must not depend on the
+rows beside it, and one row padded must give its result inside a batch (batch invariance; the unpadded one-row
+bf16 kernel does not, so bf16 pads to 2-4 rows); the packed product must equal `F.linear` (bf16) or agree with
+it to rounding (float32). bf16 packing is kept where it is faster than the unpacked one-row kernel (the numbers
+are the same either way); float32 packing is kept without timing it against MKL, so one machine always gives the
+same float32 numbers. Anything else keeps the unpacked model, logged once.
 
 For inference only (no gradient reaches a packed weight). `load_for_inference` packs while loading: the layers are
 swapped on the meta device and each packs the checkpoint's tensor as it is read, so the dense weights are never
@@ -54,7 +57,7 @@ FLOAT32_MIN_PARAMS = 1 << 21
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
-    """An (N, K) bf16 weight in oneDNN's packed layout (an opaque tensor of the same shape)."""
+    """An (N, K) bf16 or float32 weight in oneDNN's packed layout (an opaque tensor of the same shape)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
 
 
@@ -92,6 +95,7 @@ class Packing:
     pad_rows: int  # a one-row product runs on that many rows (the row, then zero rows)
     reason: str
     min_params: int = 0  # smaller weights stay unpacked (float32: oneDNN's call costs more than MKL's product)
+    pads: tuple[int, ...] = ()  # the paddings whose one-row result equals the batched row (pad_rows among them)
 
 
 def _padded(rows: torch.Tensor, pad: int) -> torch.Tensor:
@@ -108,15 +112,22 @@ def _seconds(fn, weights: list) -> float:
     return best
 
 
-def _unpacked_one_row(weight: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    """What an unpacked `Linear` runs for one row (`model.linear`): its one-row kernel in bf16, F.linear else."""
-    return one_row_product(weight, row) if weight.dtype is torch.bfloat16 else F.linear(row, weight)
-
-
-@functools.cache
 def packing(dtype: torch.dtype = torch.bfloat16) -> Packing:
     """Whether linear layers of `dtype` (bfloat16 or float32) are packed on this CPU, and the padding of one-row
-    products (module doc)."""
+    products (module doc); decided once per process and dtype."""
+    return _packing(dtype)
+
+
+def decide_packing(dtype: torch.dtype) -> Packing:
+    """What `packing(dtype)` decides, measured afresh (module doc).
+
+    Every check runs on 64 rows of 2,048 columns, with and without a bias, every row compared: a row's packed
+    result alone, inside 3 rows and inside 64 must be the same, and so must each padding's one-row result (the
+    unpadded one-row kernel of bf16 differs from the batched product in about a third of such rows). bf16 packing
+    is then kept if it is faster than the unpacked one-row kernel (the numbers are the same either way); float32
+    packing, whose numbers differ from MKL's, is kept without a race against MKL, so that one machine always
+    gives the same float32 results. The padding is the fastest of those accepted (they all give the same numbers).
+    """
     if dtype not in PACKED_DTYPES:
         return Packing(False, 1, f"only {', '.join(str(d) for d in PACKED_DTYPES)} weights are packed")
     if not torch.backends.mkldnn.is_available():
@@ -126,33 +137,39 @@ def packing(dtype: torch.dtype = torch.bfloat16) -> Packing:
     gen = torch.Generator().manual_seed(0)
     count = 12 if dtype is torch.bfloat16 else 6  # 96 MB: read from memory, not from the caches
     dense = [torch.randn(2048, 2048, generator=gen).to(dtype) for _ in range(count)]
-    rows = torch.randn(16, 2048, generator=gen).to(dtype)
-    bias = torch.randn(2048, generator=gen).to(dtype)
+    rows = torch.randn(64, 2048, generator=gen).to(dtype)
     with torch.inference_mode():
         packed = [pack(w) for w in dense]
-        batched = _packed_product(rows, packed[0], bias)
-        if not torch.equal(_packed_product(rows[:3], packed[0], bias), batched[:3]):
-            return Packing(False, 1, "oneDNN's packed product of a row depends on the rows beside it here")
-        reference = F.linear(rows, dense[0], bias)
-        same = torch.equal(batched, reference) if dtype is torch.bfloat16 else bool(
-            (batched - reference).abs().max() <= 1e-5 * reference.abs().max())  # float32: rounding only
-        if not same:
-            return Packing(False, 1, "oneDNN's packed product differs from F.linear here")
-        pads = [p for p in _PADS
-                if all(torch.equal(_packed_product(_padded(rows[i:i + 1], p), packed[0], bias)[0], batched[i])
-                       for i in range(3))]
+        pads = list(_PADS)
+        for bias in (None, torch.randn(2048, generator=gen).to(dtype)):
+            batched = _packed_product(rows, packed[0], bias)
+            if not torch.equal(torch.cat([_packed_product(rows[i:i + 3], packed[0], bias) for i in range(0, 63, 3)]),
+                               batched[:63]):
+                return Packing(False, 1, "oneDNN's packed product of a row depends on the rows beside it here")
+            reference = F.linear(rows, dense[0], bias)
+            same = torch.equal(batched, reference) if dtype is torch.bfloat16 else bool(
+                (batched - reference).abs().max() <= 1e-5 * reference.abs().max())  # float32: rounding only
+            if not same:
+                return Packing(False, 1, "oneDNN's packed product differs from F.linear here")
+            pads = [p for p in pads if all(torch.equal(_packed_product(_padded(rows[i:i + 1], p), packed[0], bias)[0],
+                                                       batched[i]) for i in range(len(rows)))]
         if not pads:
             return Packing(False, 1, "no padding of one row gives its batched result in oneDNN's packed product")
         numel = 2048 * 2048 * count
         speed = {p: numel / _seconds(lambda w, p=p: _packed_product(_padded(rows[:1], p), w, None), packed) / 1e9
                  for p in pads}
-        unpacked = numel / _seconds(lambda w: _unpacked_one_row(w, rows[0]), dense) / 1e9
+        unpacked = numel / _seconds(lambda w: one_row_product(w, rows[0]), dense) / 1e9 \
+            if dtype is torch.bfloat16 else None
     pad = max(speed, key=speed.__getitem__)
-    figures = (f"G parameters/s of one row measured: unpacked {unpacked:.1f}, packed "
+    figures = (("" if unpacked is None else f"unpacked {unpacked:.1f}, ") + "packed "
                + ", ".join(f"{s:.1f} padded to {p}" for p, s in speed.items()))
-    if speed[pad] <= unpacked:
+    figures = f"G parameters/s of one row measured: {figures}; paddings equal to the batched row: {pads}"
+    if unpacked is not None and speed[pad] <= unpacked:
         return Packing(False, 1, f"not faster than the unpacked one-row kernel ({figures})")
-    return Packing(True, pad, figures, 0 if dtype is torch.bfloat16 else FLOAT32_MIN_PARAMS)
+    return Packing(True, pad, figures, 0 if dtype is torch.bfloat16 else FLOAT32_MIN_PARAMS, tuple(pads))
+
+
+_packing = functools.cache(decide_packing)
 
 
 class PackedLinear(nn.Module):
@@ -174,9 +191,28 @@ class PackedLinear(nn.Module):
         if self.packed is None:
             raise RuntimeError("PackedLinear: no weight loaded yet (made on the meta device)")
         rows = x.reshape(-1, self.in_features)
-        if rows.dtype is not self.dtype or rows.requires_grad:  # not what packing serves: the plain product
-            return F.linear(x, self.packed.to_dense().to(x.dtype), self.bias)
+        if rows.dtype is not self.dtype or rows.requires_grad or torch.is_autocast_enabled("cpu"):
+            # not what packing serves (inference in the layer's dtype): the plain product of the dense weight
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.packed.to_dense().to(x.dtype), bias)
         return packed_product(rows, self.packed, self.bias, self.pad_rows).reshape(*x.shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.float()`, `.cuda()` ...: the packed weight is oneDNN's CPU layout in one dtype; a call that
+        would change either is refused (load with `pack=False` to move or convert the model)."""
+        probe = fn(torch.empty(0, dtype=self.dtype))
+        if probe.dtype is not self.dtype or probe.device.type != "cpu":
+            raise RuntimeError(f"a PackedLinear holds {self.dtype} weights in oneDNN's CPU layout and cannot become "
+                               f"{probe.dtype} on {probe.device}; load the model with pack=False to convert it")
+        return super()._apply(fn, recurse)
+
+    def __deepcopy__(self, memo):
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        dense.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+        if self.bias is not None:
+            dense.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+        memo[id(self)] = copied = PackedLinear(dense, self.pad_rows)
+        return copied
 
     @property
     def weight_bytes(self) -> int:
@@ -248,5 +284,5 @@ def _packable(module: nn.Module, dtype: torch.dtype, min_params: int) -> bool:
             and module.weight.device.type in ("cpu", "meta"))
 
 
-__all__ = ["FLOAT32_MIN_PARAMS", "PACKED_DTYPES", "PackedLinear", "Packing", "pack", "pack_weights", "packed_bytes",
-           "packed_product", "packing"]
+__all__ = ["FLOAT32_MIN_PARAMS", "PACKED_DTYPES", "PackedLinear", "Packing", "decide_packing", "pack", "pack_weights",
+           "packed_bytes", "packed_product", "packing"]
