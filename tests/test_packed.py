@@ -200,13 +200,11 @@ def test_a_loaded_float32_model_reports_what_the_unpacked_one_reports(monkeypatc
     """float32 packed products round differently from MKL's: the greedy reports agree with the unpacked model's,
     the logits and images to rounding, and decoding stays batch-invariant. The demo model's layers are smaller than
     `FLOAT32_MIN_PARAMS`, so the bound is lowered to pack them all."""
-    from dataclasses import replace
-
     choice = packed.packing(torch.float32)
     if not choice.used:
         pytest.skip(f"float32 packing does not pay on this CPU: {choice.reason}")
-    assert choice.min_params == packed.FLOAT32_MIN_PARAMS
-    monkeypatch.setattr(packed, "packing", lambda dtype: replace(choice, min_params=0))
+    assert packed.min_params(torch.float32) == packed.FLOAT32_MIN_PARAMS and packed.min_params(torch.bfloat16) == 0
+    monkeypatch.setattr(packed, "FLOAT32_MIN_PARAMS", 0)
     pk, plain = demo_pair("float32")
     assert isinstance(pk.lm_head, PackedLinear) and isinstance(pk.decoder.layers[0].und.q_proj, PackedLinear)
     got, want, one, images = decode_and_draw(pk, plain)
@@ -241,12 +239,24 @@ def test_layers_of_another_dtype_and_a_tied_lm_head_stay_unpacked(monkeypatch, t
 @needs_onednn
 def test_small_float32_layers_stay_unpacked(monkeypatch, tiny_model):
     """oneDNN's per-call cost is more than MKL's whole product of a small float32 weight."""
-    monkeypatch.setattr(packed, "packing", lambda dtype: Packing(True, 2, "forced", packed.FLOAT32_MIN_PARAMS))
+    monkeypatch.setattr(packed, "packing", lambda dtype: Packing(True, 2, "forced"))
     model = tiny_model.eval()
     model.lm_head = nn.Linear(1024, 2048, bias=False)  # 2^21 parameters: packed
     pack_weights(model)
     assert isinstance(model.lm_head, PackedLinear)
     assert not any(isinstance(m, PackedLinear) for m in model.decoder.modules())
+
+
+def test_a_model_of_small_float32_layers_is_left_without_measuring(monkeypatch, caplog, tiny_model):
+    def measured(dtype):
+        raise AssertionError("packing() measured for a model with nothing to pack")
+
+    monkeypatch.setattr(packed, "packing", measured)
+    model = tiny_model.eval()
+    with caplog.at_level(logging.INFO, logger="unix_cxr.infer.packed"):
+        pack_weights(model)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert "float32 weights not packed for oneDNN: no linear layer of at least 2,097,152 parameters" in caplog.text
 
 
 def test_no_packing_on_a_cpu_without_onednn_bf16_nor_of_other_dtypes(monkeypatch):

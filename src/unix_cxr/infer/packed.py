@@ -94,7 +94,6 @@ class Packing:
     used: bool
     pad_rows: int  # a one-row product runs on that many rows (the row, then zero rows)
     reason: str
-    min_params: int = 0  # smaller weights stay unpacked (float32: oneDNN's call costs more than MKL's product)
     pads: tuple[int, ...] = ()  # the paddings whose one-row result equals the batched row (pad_rows among them)
 
 
@@ -166,7 +165,7 @@ def decide_packing(dtype: torch.dtype) -> Packing:
     figures = f"G parameters/s of one row measured: {figures}; paddings equal to the batched row: {pads}"
     if unpacked is not None and speed[pad] <= unpacked:
         return Packing(False, 1, f"not faster than the unpacked one-row kernel ({figures})")
-    return Packing(True, pad, figures, 0 if dtype is torch.bfloat16 else FLOAT32_MIN_PARAMS, tuple(pads))
+    return Packing(True, pad, figures, tuple(pads))
 
 
 _packing = functools.cache(decide_packing)
@@ -252,26 +251,37 @@ class PackedLinear(nn.Module):
 def pack_weights(model: nn.Module) -> nn.Module:
     """Pack the linear layers of a UniX on CPU in place, in its compute dtype (`model.dtype`: bfloat16 or
     float32), where `packing()` says it pays; logs what it did. On the meta device (`load_release(prepare=...)`)
-    each layer packs its weight when the checkpoint is loaded."""
+    each layer packs its weight when the checkpoint is loaded. A model with no layer large enough (float32 ones
+    below `FLOAT32_MIN_PARAMS`) is left as it is without measuring anything."""
     dtype = model.dtype
     name = str(dtype).removeprefix("torch.")
+    smallest = min_params(dtype)
+    scopes = [*model.decoder.layers, *model.vision.tower.encoder.layers]
+    slots = [(parent, child_name) for scope in scopes for parent in scope.modules()
+             for child_name, child in parent.named_children() if _packable(child, dtype, smallest)]
+    tied = getattr(model.lm_head, "weight", None) is getattr(model.decoder.embed_tokens, "weight", False)
+    if _packable(model.lm_head, dtype, smallest) and not tied:
+        slots.append((model, "lm_head"))
+    if not slots:
+        log.info("%s weights not packed for oneDNN: no linear layer of at least %s parameters", name, f"{smallest:,}")
+        return model
     choice = packing(dtype)
     if not choice.used:
         log.info("%s weights not packed for oneDNN: %s", name, choice.reason)
         return model
-    scopes = [*model.decoder.layers, *model.vision.tower.encoder.layers]
-    slots = [(parent, child_name) for scope in scopes for parent in scope.modules()
-             for child_name, child in parent.named_children() if _packable(child, dtype, choice.min_params)]
-    tied = getattr(model.lm_head, "weight", None) is getattr(model.decoder.embed_tokens, "weight", False)
-    if _packable(model.lm_head, dtype, choice.min_params) and not tied:
-        slots.append((model, "lm_head"))
     with torch.no_grad():
         for parent, child_name in slots:  # one at a time: the dense weight is freed as its packed copy is made
             setattr(parent, child_name, PackedLinear(getattr(parent, child_name), choice.pad_rows))
-    smaller = f", those of at least {choice.min_params:,} parameters" if choice.min_params else ""
+    smaller = f", those of at least {smallest:,} parameters" if smallest else ""
     log.info("%s weights packed for oneDNN: %d linear layers%s, one-row products padded to %d rows (%s)", name,
              len(slots), smaller, choice.pad_rows, choice.reason)
     return model
+
+
+def min_params(dtype: torch.dtype) -> int:
+    """The smallest weight (in parameters) packed in `dtype`: float32 ones below `FLOAT32_MIN_PARAMS` stay with
+    MKL, whose product of a small weight costs less than oneDNN's call."""
+    return FLOAT32_MIN_PARAMS if dtype is torch.float32 else 0
 
 
 def packed_bytes(module: nn.Module) -> int:
@@ -284,5 +294,5 @@ def _packable(module: nn.Module, dtype: torch.dtype, min_params: int) -> bool:
             and module.weight.device.type in ("cpu", "meta"))
 
 
-__all__ = ["FLOAT32_MIN_PARAMS", "PACKED_DTYPES", "PackedLinear", "Packing", "decide_packing", "pack", "pack_weights",
-           "packed_bytes", "packed_product", "packing"]
+__all__ = ["FLOAT32_MIN_PARAMS", "PACKED_DTYPES", "PackedLinear", "Packing", "decide_packing", "min_params", "pack",
+           "pack_weights", "packed_bytes", "packed_product", "packing"]
