@@ -1,8 +1,8 @@
 """Loading a release folder for inference: the one dtype policy's choice for it (logged once), then weight-only
 quantization, the upcast mode and, on CPU, oneDNN's packed layout for the float weights where that pays
 (`infer.packed`: the same numbers in bf16, the same to float rounding in float32, faster) applied while the model
-is still on the meta device, so that each
-weight takes its final form as it is read (`checkpoint.release.load_release(prepare=...)`).
+is still on the meta device, so that each weight takes its final form as it is read
+(`checkpoint.release.load_release(prepare=...)`).
 """
 
 from __future__ import annotations

@@ -44,11 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.linear import Linear, one_row_product
+from ..model.linear import one_row_product
+from .layer_slots import PLAIN_LINEARS, linear_slots, lm_head_tied
 
 log = logging.getLogger(__name__)
 
-_PLAIN_LINEARS = (nn.Linear, Linear)  # exactly these classes (quantized and upcast layers are not packed)
 _PADS = (1, 2, 3, 4)  # rows a one-row product is padded to (with zero rows), measured by `packing()`
 PACKED_DTYPES = (torch.bfloat16, torch.float32)
 # float32 weights below this size stay with MKL: oneDNN's call costs about 20 us, MKL's one-row product of a
@@ -160,9 +160,9 @@ def decide_packing(dtype: torch.dtype) -> Packing:
         unpacked = numel / _seconds(lambda w: one_row_product(w, rows[0]), dense) / 1e9 \
             if dtype is torch.bfloat16 else None
     pad = max(speed, key=speed.__getitem__)
-    figures = (("" if unpacked is None else f"unpacked {unpacked:.1f}, ") + "packed "
-               + ", ".join(f"{s:.1f} padded to {p}" for p, s in speed.items()))
-    figures = f"G parameters/s of one row measured: {figures}; paddings equal to the batched row: {pads}"
+    figures = ("G parameters/s of one row measured: " + ("" if unpacked is None else f"unpacked {unpacked:.1f}, ")
+               + "packed " + ", ".join(f"{s:.1f} padded to {p}" for p, s in speed.items())
+               + f"; paddings equal to the batched row: {pads}")
     if unpacked is not None and speed[pad] <= unpacked:
         return Packing(False, 1, f"not faster than the unpacked one-row kernel ({figures})")
     return Packing(True, pad, figures, tuple(pads))
@@ -256,11 +256,9 @@ def pack_weights(model: nn.Module) -> nn.Module:
     dtype = model.dtype
     name = str(dtype).removeprefix("torch.")
     smallest = min_params(dtype)
-    scopes = [*model.decoder.layers, *model.vision.tower.encoder.layers]
-    slots = [(parent, child_name) for scope in scopes for parent in scope.modules()
-             for child_name, child in parent.named_children() if _packable(child, dtype, smallest)]
-    tied = getattr(model.lm_head, "weight", None) is getattr(model.decoder.embed_tokens, "weight", False)
-    if _packable(model.lm_head, dtype, smallest) and not tied:
+    slots = [(parent, child_name) for parent, child_name in linear_slots(model)
+             if _packable(getattr(parent, child_name), dtype, smallest)]
+    if _packable(model.lm_head, dtype, smallest) and not lm_head_tied(model):
         slots.append((model, "lm_head"))
     if not slots:
         log.info("%s weights not packed for oneDNN: no linear layer of at least %s parameters", name, f"{smallest:,}")
@@ -290,7 +288,7 @@ def packed_bytes(module: nn.Module) -> int:
 
 
 def _packable(module: nn.Module, dtype: torch.dtype, min_params: int) -> bool:
-    return (type(module) in _PLAIN_LINEARS and module.weight.dtype is dtype and module.weight.numel() >= min_params
+    return (type(module) in PLAIN_LINEARS and module.weight.dtype is dtype and module.weight.numel() >= min_params
             and module.weight.device.type in ("cpu", "meta"))
 
 

@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.linear import Linear, one_row_product
+from ..model.linear import one_row_product
+from .layer_slots import PLAIN_LINEARS, linear_slots, lm_head_tied
 from .quantize import dense_in_blocks, in_decoding_steps
 
 log = logging.getLogger(__name__)
-
-_PLAIN_LINEARS = (nn.Linear, Linear)  # exactly these classes (the quantized layers and UpcastLinear are not)
 
 
 class UpcastLinear(nn.Linear):
@@ -104,16 +103,13 @@ def upcast_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.
         before, after, count = before + old.weight.nbytes, after + new.weight.nbytes, count + 1
         return new
 
-    tied = getattr(model.lm_head, "weight", None) is getattr(model.decoder.embed_tokens, "weight", False)
-    scopes = [*model.decoder.layers, *model.vision.tower.encoder.layers]
-    for parent in [m for scope in scopes for m in scope.modules()]:
-        for name, child in list(parent.named_children()):
-            if type(child) in _PLAIN_LINEARS:
-                swap(parent, name, UpcastLinear)
+    tied = lm_head_tied(model)  # before the table is swapped
+    for parent, name in linear_slots(model):
+        swap(parent, name, UpcastLinear)
     table = model.decoder.embed_tokens
     if type(table) is nn.Embedding:
         table = swap(model.decoder, "embed_tokens", UpcastEmbedding)
-    if type(model.lm_head) in _PLAIN_LINEARS:
+    if type(model.lm_head) in PLAIN_LINEARS:
         shared = model.lm_head.weight.nbytes if tied else 0
         head = swap(model, "lm_head", UpcastLinear)
         if tied:  # one table, counted once
